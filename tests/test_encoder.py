@@ -1,0 +1,196 @@
+"""The encoder: right weights, right shapes, truly frozen, honest errors, a faithful cache."""
+
+import json
+import pickle
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sat_helpers import encoder as enc
+from sat_helpers.config import get_profile
+from sat_helpers.data import Vocab
+from sat_helpers.encoder import (
+    Encoder,
+    FeatureDataset,
+    WeightsUnavailableError,
+    cache_features,
+    ensure_features,
+    imagenet_top_k,
+    lite0_weights_path,
+    list_encoders,
+    load_by_position,
+    sample_images,
+)
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_lite0_weights_load_by_position_and_see_a_cat():
+    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+    model = enc._build_lite0(pretrained=True)  # raises on any count or shape mismatch
+    assert len(state) == len(model.state_dict()) == 296
+    for (name, loaded), source in zip(model.state_dict().items(), state.values()):
+        assert torch.equal(loaded, source), name
+    top = imagenet_top_k("efficientnet_lite0", sample_images()["chelsea"], k=5)
+    assert top.class_id[0] in CAT_CLASSES and top.probability[0] >= 0.5, top
+    assert top.probability.is_monotonic_decreasing
+
+
+def test_load_by_position_refuses_a_misfit():
+    model = nn.Linear(2, 3)
+    with pytest.raises(WeightsUnavailableError, match="mismatch"):
+        load_by_position(model, {"w": torch.zeros(2, 3), "b": torch.zeros(3)}, "bad.pth")
+    with pytest.raises(WeightsUnavailableError, match="holds 1 tensors"):
+        load_by_position(model, {"w": torch.zeros(3, 2)}, "short.pth")
+
+
+@pytest.mark.parametrize("name, size, grid, expected, native", [
+    ("resnet18", 224, 7, (2, 49, 512), 7),
+    ("resnet34", 224, None, (2, 196, 512), 7),
+    ("resnet50", 224, 7, (2, 49, 2048), 7),
+    ("resnet101", 256, 14, (2, 196, 2048), 8),
+    ("resnet152", 224, 7, (2, 49, 2048), 7),
+    ("vgg16", 224, None, (2, 196, 512), 14),
+    ("efficientnet_lite0_s16", 224, 14, (2, 196, 112), 14),
+    ("efficientnet_lite0_s32", 224, 7, (2, 49, 320), 7),
+    ("efficientnet_lite0", 224, 7, (2, 49, 112), 14),
+])
+def test_output_shapes_with_random_weights(name, size, grid, expected, native):
+    encoder = Encoder(name, pretrained=False, grid=grid, image_size=size).eval()
+    images = torch.randint(0, 256, (2, 3, 100, 120), dtype=torch.uint8)
+    x = encoder.preprocess(images)
+    assert x.shape == (2, 3, size, size) and x.dtype == torch.float32
+    with torch.inference_mode():
+        fmap = encoder.feature_map(x)
+        out = encoder(x)
+    assert fmap.shape == (2, encoder.channels, native, native)
+    assert out.shape == expected and encoder.grid ** 2 == expected[1]
+    if grid in (None, native):  # no pooling: cell (i, j) is annotation vector i * grid + j
+        assert torch.equal(out[:, 2 * native + 3], fmap[:, :, 2, 3])
+
+
+def test_registry_lists_every_encoder():
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16",
+            "efficientnet_lite0_s16", "efficientnet_lite0_s32",
+            "efficientnet_lite0"} == set(list_encoders())
+    with pytest.raises(ValueError, match="Unknown encoder 'resnet7'"):
+        Encoder("resnet7", pretrained=False)
+
+
+def batchnorms(module: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_frozen_encoder_has_no_gradients_and_fixed_batchnorm():
+    encoder = Encoder("efficientnet_lite0_s16", grid=4, image_size=64).train()
+    assert not any(p.requires_grad for p in encoder.parameters())
+    assert encoder.training and not any(bn.training for bn in batchnorms(encoder))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    encoder(torch.randn(4, 3, 64, 64) * 3 + 1)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(before[key], value), f"{key} moved in a train-mode forward"
+
+
+def test_fine_tune_unfreezes_exactly_the_last_blocks():
+    encoder = Encoder("resnet18", pretrained=False, grid=2, fine_tune=1)
+    assert encoder.trainable_blocks == ["layer4"]
+    for name, p in encoder.named_parameters():
+        assert p.requires_grad == name.startswith("blocks.layer4."), name
+    encoder.train()
+    frozen_bn, tuned_bn = batchnorms(encoder.blocks.layer3)[0], batchnorms(encoder.blocks.layer4)[0]
+    frozen_before, tuned_before = frozen_bn.running_mean.clone(), tuned_bn.running_mean.clone()
+    encoder(torch.randn(2, 3, 64, 64))
+    assert torch.equal(frozen_bn.running_mean, frozen_before)
+    assert not torch.equal(tuned_bn.running_mean, tuned_before)  # the trained block does learn
+
+    assert Encoder("resnet18", pretrained=False, fine_tune=True).trainable_blocks == \
+        ["layer2", "layer3", "layer4"]  # as the seed's fine_tune(True)
+    lite = Encoder("efficientnet_lite0_s16", pretrained=False, fine_tune=2)
+    assert lite.trainable_blocks == ["stage4", "stage5"]
+    assert {n.split(".")[1] for n, p in lite.named_parameters() if p.requires_grad} == \
+        {"stage4", "stage5"}
+    with pytest.raises(ValueError, match="fine_tune=9"):
+        Encoder("efficientnet_lite0_s16", pretrained=False, fine_tune=9)
+
+
+def test_missing_torchvision_weights_say_what_to_do(monkeypatch, tmp_path):
+    def no_network(url, *args, **kwargs):
+        raise URLError("no network (simulated)")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # nothing cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsUnavailableError) as error:
+        Encoder("resnet101")
+    message = str(error.value)
+    for part in ("ResNet101_Weights.IMAGENET1K_V2", "no network (simulated)",
+                 "efficientnet_lite0", "pretrained=False"):
+        assert part in message
+
+
+def make_prepared(root, size=48, counts=None, cpi=2, max_len=4):
+    """A tiny prepared dataset in the layout of sat_helpers.data.prepare_dataset."""
+    counts = counts or {"train": 3, "val": 2, "test": 2}
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    vocab = Vocab(["a", "red", "circle"])
+    vocab.save(root / "vocab.json")
+    (root / "manifest.json").write_text(json.dumps({"params": {"captions_per_image": cpi}}))
+    for split, n in counts.items():
+        np.save(root / f"{split}_images.npy", rng.integers(0, 256, (n, size, size, 3), np.uint8))
+        captions = np.zeros((n * cpi, max_len + 2), np.int64)
+        captions[:, :3] = [vocab.start_id, 4, vocab.end_id]
+        captions[:, 1] = np.arange(n * cpi) % 3 + 4
+        np.save(root / f"{split}_captions.npy", captions)
+        np.save(root / f"{split}_lengths.npy", np.full(n * cpi, 3, np.int64))
+        meta = [{"id": i, "filename": f"{i}.png", "width": size, "height": size,
+                 "references": [["a", "red", "circle"]]} for i in range(n)]
+        (root / f"{split}_meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_cached_features_equal_a_direct_forward(tmp_path):
+    dataset = make_prepared(tmp_path / "prepared")
+    encoder = Encoder("efficientnet_lite0_s16", grid=2, image_size=48)
+    path = cache_features(encoder, dataset, "val", tmp_path / "features", batch_size=1)
+    cached = np.load(path)
+    assert cached.dtype == np.float16 and cached.shape == (2, 4, 112)
+    images = torch.from_numpy(np.load(dataset / "val_images.npy")).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        direct = encoder(encoder.preprocess(images)).numpy()
+    np.testing.assert_allclose(cached.astype(np.float32), direct, rtol=2e-3,
+                               atol=2e-3 * np.abs(direct).max())
+    manifest = json.loads((tmp_path / "features" / "manifest.json").read_text())
+    assert manifest["key"]["encoder"] == "efficientnet_lite0_s16"
+    assert manifest["key"]["grid"] == 2 and manifest["splits"]["val"]["shape"] == [2, 4, 112]
+    assert not list((tmp_path / "features").glob(".*tmp*"))
+
+    items = FeatureDataset(tmp_path / "features", dataset, "val")
+    features, caption, length, all_captions = pickle.loads(pickle.dumps(items))[1]
+    captions = np.load(dataset / "val_captions.npy")
+    assert features.dtype == torch.float32 and torch.equal(features, torch.from_numpy(
+        cached[1].astype(np.float32)))
+    assert torch.equal(caption, torch.from_numpy(captions[2])) and length == 3
+    assert torch.equal(all_captions, torch.from_numpy(captions[2:4]))
+
+
+def test_ensure_features_reuses_a_matching_cache(tmp_path, monkeypatch):
+    dataset = make_prepared(tmp_path / "prepared", size=32)
+    monkeypatch.setenv("SAT_DATA", str(tmp_path / "root"))
+    monkeypatch.setattr(enc, "ensure_dataset", lambda profile: dataset)
+    profile = get_profile("quick", image_size=32, grid=2)
+    out = ensure_features(profile, device="cpu")
+    assert out.name == "quick-efficientnet_lite0_s16-2"
+    train = FeatureDataset(out, dataset, "train")
+    assert len(train) == 6 and train[5][0].shape == (4, 112) and train[5][2] == 3
+
+    calls = []
+    monkeypatch.setattr(enc, "cache_features", lambda *args, **kw: calls.append(args[2]))
+    assert ensure_features(profile) == out and calls == []
+    (dataset / "manifest.json").write_text(json.dumps({"params": {"rebuilt": True}}))
+    ensure_features(profile)
+    assert calls == ["train", "val", "test"]  # another build of the dataset: recompute
+    with pytest.raises(FileNotFoundError, match="another build"):
+        FeatureDataset(out, dataset, "train")
