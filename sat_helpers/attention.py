@@ -6,7 +6,8 @@ then α_t = softmax(e_t) (eq. 5). Soft attention returns the expected context Σ
 (eq. 13); hard attention samples one location s_t ~ Multinoulli(α_t) (eq. 8–9).
 
 ``W_a a_i + b`` does not depend on t, so :meth:`SoftAttention.project` computes it once per
-image and the decoder passes it back at every word.
+image and the decoder passes it back at every word. Every method takes one query per image,
+(B, ·), or k queries per image, (B, k, ·) (beam search: k beams share one image's features).
 """
 
 from __future__ import annotations
@@ -15,8 +16,24 @@ import torch
 from torch import Tensor, nn
 
 
+def _check_shapes(features: Tensor, projected: Tensor, query: Tensor) -> None:
+    """Raise a ValueError naming the tensor whose shape does not fit the others."""
+    if features.dim() != 3:
+        raise ValueError(f"features must be (batch, positions, enc_dim), got {tuple(features.shape)}")
+    if projected.shape[:2] != features.shape[:2]:
+        raise ValueError(
+            f"projected {tuple(projected.shape)} does not match features {tuple(features.shape)}: "
+            "pass attention.project(features) of the same features"
+        )
+    if query.dim() not in (2, 3) or query.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"query/hidden must be (batch, dim) or (batch, k, dim) with batch "
+            f"{features.shape[0]} (the features' batch), got {tuple(query.shape)}"
+        )
+
+
 class SoftAttention(nn.Module):
-    """Deterministic attention: the α-weighted mean of the annotation vectors."""
+    """Deterministic attention: the α-weighted mean of the annotation vectors (paper Sec. 4.2)."""
 
     def __init__(self, enc_dim: int, dec_dim: int, att_dim: int):
         super().__init__()
@@ -35,70 +52,117 @@ class SoftAttention(nn.Module):
         projected: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Context (B, enc) and α (B, P) for hidden (B, dec); (B, k, ·) for k rows per image."""
+        """Context (B, enc) and α (B, P) for hidden (B, dec); (B, k, ·) for k rows per image.
+
+        ``projected`` (B, P, att) is :meth:`project` of the same features, reused across
+        steps; ``mask`` (B, P) is False at positions that must get no attention (padding).
+        """
         if projected is None:
             projected = self.project(features)
         return self.attend(features, projected, self.W_h(hidden), mask)
 
-    def weights(self, projected: Tensor, query: Tensor, mask: Tensor | None = None) -> Tensor:
-        """α from the projected annotations (B, P, att) and the projected state W_h h."""
+    def scores(self, projected: Tensor, query: Tensor, mask: Tensor | None = None) -> Tensor:
+        """e_ti = w^T tanh(W_a a_i + b + W_h h) (eq. 4): (B, P), or (B, k, P); -inf where masked."""
         squeeze = query.dim() == 2
         if squeeze:
             query = query.unsqueeze(1)  # (B, 1, att): one row per image
         scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
         if mask is not None:  # (B, P): False where a position is padding
+            if not bool(mask.any(dim=-1).all()):
+                raise ValueError("mask leaves an image with no position to attend to (a row of all False)")
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        alpha = scores.softmax(dim=-1)  # (B, k, P)
-        return alpha.squeeze(1) if squeeze else alpha
+        return scores.squeeze(1) if squeeze else scores  # (B, k, P)
+
+    def weights(self, projected: Tensor, query: Tensor, mask: Tensor | None = None) -> Tensor:
+        """α = softmax over positions of the scores (eq. 5), from W_a a + b and W_h h."""
+        return self.scores(projected, query, mask).softmax(dim=-1)
 
     def attend(
         self, features: Tensor, projected: Tensor, query: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Expected context Σ_i α_i a_i as one batched matrix product, and α."""
+        """Expected context Σ_i α_i a_i (eq. 13) and α, for an already projected query W_h h."""
+        _check_shapes(features, projected, query)
         alpha = self.weights(projected, query, mask)
-        rows = alpha if alpha.dim() == 3 else alpha.unsqueeze(1)
-        context = torch.bmm(rows, features)  # (B, k, P) @ (B, P, enc) -> (B, k, enc)
-        return (context if alpha.dim() == 3 else context.squeeze(1)), alpha
+        return expected_context(features, alpha), alpha
+
+
+def expected_context(features: Tensor, alpha: Tensor) -> Tensor:
+    """Σ_i α_i a_i as one batched matrix product: (B, P) -> (B, enc), (B, k, P) -> (B, k, enc)."""
+    rows = alpha if alpha.dim() == 3 else alpha.unsqueeze(1)
+    context = torch.bmm(rows, features)  # (B, k, P) @ (B, P, enc) -> (B, k, enc)
+    return context if alpha.dim() == 3 else context.squeeze(1)
+
+
+def gather_locations(features: Tensor, location: Tensor) -> Tensor:
+    """The annotation vectors at integer locations (B,) or (B, k): a_{s_t}, shape (..., enc)."""
+    index = location.reshape(location.shape[0], -1, 1).expand(-1, -1, features.shape[-1])
+    return features.gather(1, index).reshape(*location.shape, features.shape[-1])
 
 
 class HardAttention(SoftAttention):
     """Stochastic attention: look at one sampled location (paper Sec. 4.1).
 
-    In training it samples s_t ~ Multinoulli(α_t) and returns that annotation vector, the
-    sample's log-probability (for the REINFORCE gradient) and the entropy of α. With
-    ``expected=True``, and always in eval mode, it returns the expected context Σ_i α_i a_i
-    instead: the paper's reference code (arctic-captions) decodes stochastic models with the
-    deterministic expectation, and trains with it for half the minibatches.
+    In training it samples s_t ~ Multinoulli(α_t) and returns that annotation vector a_{s_t},
+    α, the sample's exact log-probability log α_{t,s_t} (for the REINFORCE gradient, eq. 12)
+    and the entropy H[α_t] (the paper's entropy bonus). No gradient reaches α through the
+    sampled context: the trainer supplies it with the score-function term.
+
+    With ``expected=True``, and always in eval mode, it returns the expected context
+    Σ_i α_i a_i instead (log-probability None). That is what the paper's reference code
+    (arctic-captions, capgen.py) does: its decoder for test captions, generate_caps.py, builds
+    the sampler with ``sampling=False``, where stochastic attention uses α itself as the
+    weights. In training it also uses α instead of the sample with probability 0.5
+    (``semi_sampling_p``, drawn once per minibatch; the paper, Sec. 4.1, says "for a given
+    image"): a trainer reproduces that by setting ``expected`` for half the batches.
     """
 
     def __init__(self, enc_dim: int, dec_dim: int, att_dim: int):
         super().__init__(enc_dim, dec_dim, att_dim)
         self.expected = False
 
-    def attend(
+    def forward(  # type: ignore[override]
+        self,
+        features: Tensor,
+        hidden: Tensor,
+        projected: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """(context, α, log p(s_t) or None, entropy of α) for hidden (B, dec) or (B, k, dec)."""
+        if projected is None:
+            projected = self.project(features)
+        return self.attend(features, projected, self.W_h(hidden), mask)
+
+    def attend(  # type: ignore[override]
         self, features: Tensor, projected: Tensor, query: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         """(context, α, log p(s_t) or None when the expectation is used, entropy of α)."""
-        context, alpha = super().attend(features, projected, query, mask)
-        entropy = -(alpha * alpha.clamp_min(1e-12).log()).sum(-1)
+        _check_shapes(features, projected, query)
+        log_alpha = self.scores(projected, query, mask).log_softmax(dim=-1)
+        alpha = log_alpha.exp()
+        # 0 · log 0 = 0 at masked positions, without a NaN in the backward pass
+        entropy = -(alpha * log_alpha.masked_fill(alpha == 0, 0.0)).sum(-1)
         if self.expected or not self.training:
-            return context, alpha, None, entropy
-        location = torch.multinomial(alpha.reshape(-1, alpha.shape[-1]), 1)
-        location = location.view(alpha.shape[:-1])  # (B,) or (B, k)
-        log_prob = alpha.gather(-1, location.unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log()
-        one_hot = torch.zeros_like(alpha).scatter_(-1, location.unsqueeze(-1), 1.0)
-        rows = one_hot if one_hot.dim() == 3 else one_hot.unsqueeze(1)
-        sampled = torch.bmm(rows, features)
-        return (sampled if one_hot.dim() == 3 else sampled.squeeze(1)), alpha, log_prob, entropy
+            return expected_context(features, alpha), alpha, None, entropy
+        flat = alpha.detach().reshape(-1, alpha.shape[-1])
+        location = torch.multinomial(flat, 1).view(alpha.shape[:-1])  # (B,) or (B, k)
+        log_prob = log_alpha.gather(-1, location.unsqueeze(-1)).squeeze(-1)
+        return gather_locations(features, location), alpha, log_prob, entropy
 
 
 def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, lam: float = 1.0) -> Tensor:
-    """λ Σ_i (1 − Σ_t α_ti)², averaged over the batch, summing α only over real steps.
+    """λ Σ_i (1 − Σ_t α_ti)² (paper eq. 14), averaged over the batch, over real steps only.
 
-    alphas (B, T, P); lengths (B,) = the number of real (non-padding) steps of each row.
-    It pushes every position to receive, over the whole caption, a total attention of one:
-    the model is asked to look at every part of the image at some point (paper eq. 14).
+    alphas (B, T, P); lengths (B,) = the number of real (non-padding) steps of each row (for
+    the decoder's alphas, the caption lengths minus one). It asks every position to receive,
+    over the whole caption, a total attention of one: look at every part of the image at some
+    point. (arctic-captions sums over the batch, averages over positions, and also counts
+    padding steps; here a padded step never adds to the total.)
     """
+    if alphas.dim() != 3 or lengths.shape != alphas.shape[:1]:
+        raise ValueError(
+            f"alphas must be (batch, steps, positions) and lengths (batch,), got "
+            f"{tuple(alphas.shape)} and {tuple(lengths.shape)}"
+        )
     steps = torch.arange(alphas.shape[1], device=alphas.device)
     real = (steps.unsqueeze(0) < lengths.to(alphas.device).unsqueeze(1)).to(alphas.dtype)
     total = (alphas * real.unsqueeze(-1)).sum(dim=1)  # (B, P): attention each position got

@@ -18,6 +18,97 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Train (or resume) the profile's decoder; under torchrun, every rank runs this."""
+    import os
+
+    import torch.distributed as dist
+
+    from .config import get_profile
+    from .train import run_dir, train
+
+    profile = get_profile(args.profile)
+    log = train(profile, attention=args.attention, resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(log.to_string(index=False))
+        print(f"checkpoints and log.csv in {run_dir(profile, args.attention)}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _caption_fail(message: str) -> int:
+    """Print a `sat caption` error to stderr and return the exit status 1."""
+    print(f"sat caption: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _caption_open(path: str):
+    """The RGB PIL image at ``path``; raises ValueError naming the file when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read it as an image ({err}); pass a JPEG or PNG "
+                         "file") from err
+
+
+def _caption(args: argparse.Namespace) -> int:
+    """Caption image files with a trained checkpoint: one line per image, optional figures."""
+    import torch
+
+    from .config import Profile, get_profile
+    from .data import Vocab
+    from .encoder import Encoder
+    from .search import beam_search
+    from .train import load_checkpoint, run_dir
+
+    try:
+        images = [_caption_open(path) for path in args.images]
+    except ValueError as err:
+        return _caption_fail(str(err))
+    path = Path(args.checkpoint or run_dir(get_profile(args.profile), "soft") / "best.pt")
+    if not path.is_file():
+        return _caption_fail(f"no checkpoint at {path}: train one with `sat train` or pass "
+                             "--checkpoint PATH")
+    try:
+        decoder, vocab, ckpt = load_checkpoint(path)
+        profile = Profile(**ckpt["profile"])
+    except Exception as err:  # noqa: BLE001 - any failure to load is reported the same way
+        return _caption_fail(f"could not load checkpoint {path}: {err}")
+    if args.vocab:
+        try:
+            vocab = Vocab.load(args.vocab)
+        except Exception as err:  # noqa: BLE001
+            return _caption_fail(f"could not load vocabulary {args.vocab}: {err}")
+    if len(vocab) != decoder.config["vocab_size"]:
+        return _caption_fail(
+            f"the vocabulary has {len(vocab)} entries but the model in {path} predicts "
+            f"{decoder.config['vocab_size']} words: use the vocabulary the model was trained "
+            "with (the one stored in its checkpoint)")
+    encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size).eval()
+    with torch.no_grad():
+        feats = encoder(torch.stack([encoder.transform(image) for image in images]))
+    captions = beam_search(decoder.eval(), feats, args.beam, args.max_len or
+                           profile.decode_max_len, vocab=vocab,
+                           length_penalty=args.length_penalty)
+    for name, image, caption in zip(args.images, images, captions):
+        print(f"{name}: {' '.join(caption.words)}")
+        if args.plot:
+            from .viz import plot_attention
+
+            out = Path(args.plot)
+            if len(images) > 1:
+                out = out.with_name(f"{out.stem}_{Path(name).stem}{out.suffix}")
+            plot_attention(image, caption.words, caption.alphas).savefig(out, dpi=100)
+            print(f"  attention figure: {out}")
+    return 0
+
+
 def _course(args: argparse.Namespace) -> int:
     """Run every notebook in order and write build/course-results.json."""
     from .course import run_course
@@ -34,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="generate/download and prepare the profile's dataset")
     p.add_argument("--profile", default=None, help="profile name (default: $SAT_PROFILE or shapes)")
     p.set_defaults(func=_data)
+
+    p = sub.add_parser("train", help="train the profile's decoder (resumes; works under torchrun)")
+    p.add_argument("--profile", default=None, help="profile name (default: $SAT_PROFILE or shapes)")
+    p.add_argument("--attention", default="soft", choices=["soft", "hard"])
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from a matching last.pt (default); --no-resume starts afresh")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("caption", help="caption image files with a trained checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to use (default: the profile's runs/<profile>-soft/best.pt)")
+    p.add_argument("--profile", default=None, help="profile of the default checkpoint")
+    p.add_argument("--vocab", default=None, help="vocabulary JSON (default: the checkpoint's)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (1 = greedy)")
+    p.add_argument("--max-len", type=int, default=None, help="default: the profile's")
+    p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, 0 = none")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also save the attention figure (one file per image)")
+    p.set_defaults(func=_caption)
 
     p = sub.add_parser("course", help="run every notebook in order (make course)")
     p.add_argument("--profile", default=None)

@@ -54,6 +54,7 @@ class Profile:
     lam: float = 1.0
     entropy_weight: float = 0.01
     baseline_decay: float = 0.9
+    semi_sampling_p: float = 0.5  # hard attention: P(a minibatch uses the expected context)
     epochs: int = 30
     train_minutes: float = 5.0
     lr_decay: float = 0.8

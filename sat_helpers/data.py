@@ -235,11 +235,8 @@ def _image_path(image_dir: Path, image: dict) -> Path:
     return image_dir / image.get("filepath", "") / image["filename"]
 
 
-def _inputs_digest(karpathy_json: Path, image_dir: Path, images: list[dict] | None) -> dict:
+def _inputs_digest(karpathy_json: Path, image_dir: Path, images: list[dict]) -> dict:
     """Hashes of the JSON bytes and of every listed image's name, size and mtime (not pixels)."""
-    raw = karpathy_json.read_bytes()
-    if images is None:
-        images = json.loads(raw).get("images", [])
     listing = hashlib.sha256()
     for image in images:
         path = _image_path(image_dir, image)
@@ -248,19 +245,31 @@ def _inputs_digest(karpathy_json: Path, image_dir: Path, images: list[dict] | No
             listing.update(f"{path.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         except OSError:
             listing.update(f"{path.name}\tmissing\n".encode())
-    return {"karpathy_json_sha256": hashlib.sha256(raw).hexdigest(),
+    return {"karpathy_json_sha256": _sha256(karpathy_json),
             "image_files_sha256": listing.hexdigest()}
 
 
-def _is_current(out_dir: Path, params: dict, inputs: dict) -> bool:
-    """Whether ``out_dir`` holds a complete dataset built from these parameters and inputs."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_current(out_dir: Path, params: dict, karpathy_json: Path, image_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a complete build of these parameters, JSON and image files."""
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    files = manifest.get("files", [])
-    return (manifest.get("format_version") == FORMAT_VERSION and manifest.get("params") == params
-            and manifest.get("inputs") == inputs and all((out_dir / f).exists() for f in files))
+    inputs = manifest.get("inputs", {})
+    if (manifest.get("format_version") != FORMAT_VERSION or manifest.get("params") != params
+            or inputs.get("karpathy_json_sha256") != _sha256(karpathy_json)
+            or not all((out_dir / f).exists() for f in manifest.get("files", []))):
+        return False
+    images = json.loads(karpathy_json.read_bytes())["images"]  # the bytes it was built from
+    return _inputs_digest(karpathy_json, image_dir, images) == inputs
 
 
 def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: str | Path,
@@ -280,7 +289,7 @@ def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: s
     params = {"image_size": image_size, "min_word_freq": min_word_freq, "max_len": max_len,
               "captions_per_image": captions_per_image, "seed": seed,
               "on_bad_image": on_bad_image}
-    if _is_current(out_dir, params, _inputs_digest(karpathy_json, image_dir, None)):
+    if _is_current(out_dir, params, karpathy_json, image_dir):
         return out_dir
     data = load_karpathy_json(karpathy_json)
     inputs = _inputs_digest(karpathy_json, image_dir, data["images"])
@@ -392,7 +401,8 @@ def _shrink(path: Path, n: int, chunk: int = 256) -> None:
     small = path.with_name("shrink-" + path.name)
     dst = open_memmap(small, mode="w+", dtype=src.dtype, shape=(n, *src.shape[1:]))
     for start in range(0, n, chunk):
-        dst[start: start + chunk] = src[start: start + chunk]
+        stop = min(start + chunk, n)
+        dst[start:stop] = src[start:stop]
     dst.flush()
     del src, dst
     os.replace(small, path)
@@ -451,7 +461,7 @@ class CaptionDataset(torch.utils.data.Dataset):
 
 def caption_collate(batch: list[tuple]) -> tuple:
     """Stack a list of dataset items: (images, captions, lengths[, all_captions])."""
-    columns = list(zip(*batch))
+    columns = list(zip(*batch, strict=True))
     out = [torch.stack(columns[0]), torch.stack(columns[1]), torch.tensor(columns[2])]
     if len(columns) > 3:
         out.append(torch.stack(columns[3]))

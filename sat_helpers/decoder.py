@@ -23,7 +23,7 @@ class DecoderOutput(NamedTuple):
 
     scores: Tensor  # (B, T-1, V) logits predicting captions[:, 1:]
     alphas: Tensor  # (B, T-1, P) attention of every step
-    sample_log_probs: Tensor | None  # (B, T-1) log p(s_t) of sampled locations (hard only)
+    log_probs_of_samples: Tensor | None  # (B, T-1) log p(s_t) of sampled locations (hard only)
     entropies: Tensor | None  # (B, T-1) entropy of α_t (hard only)
 
 
@@ -76,8 +76,9 @@ class AttentionDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embed_dim)  # E
         self.init_h = nn.Linear(enc_dim, dec_dim)  # f_init,h of the mean annotation
         self.init_c = nn.Linear(enc_dim, dec_dim)  # f_init,c
-        gate_dim = {"scalar": 1, "vector": enc_dim, None: 0}[gate]
-        self.f_beta = nn.Linear(dec_dim, gate_dim)  # β_t = σ(f_β(h_{t-1})), eq. 4.2.1
+        self.gate_dim = {"scalar": 1, "vector": enc_dim, None: 0}[gate]
+        if gate is not None:
+            self.f_beta = nn.Linear(dec_dim, self.gate_dim)  # β_t = σ(f_β(h_{t-1})), eq. 4.2.1
         self.lstm_emb = nn.Linear(embed_dim, 4 * dec_dim)  # LSTM input: E y_{t-1} half (+ bias)
         self.lstm_ctx = nn.Linear(enc_dim, 4 * dec_dim, bias=False)  # LSTM input: β ẑ half
         self.lstm_hh = nn.Linear(dec_dim, 4 * dec_dim, bias=False)  # recurrent weights
@@ -92,20 +93,21 @@ class AttentionDecoder(nn.Module):
     # -- one step, shared by forward() and step() ------------------------------------------
     def _fused_h_projection(self) -> tuple[Tensor, Tensor]:
         """One matrix for everything computed from h_{t-1}: W_h h, f_β(h), and W_hh h."""
-        att = self.attention.W_h.weight
-        weight = torch.cat([att, self.f_beta.weight, self.lstm_hh.weight])
-        bias = torch.cat([att.new_zeros(att.shape[0]), self.f_beta.bias,
-                          att.new_zeros(self.lstm_hh.weight.shape[0])])
+        att, hh = self.attention.W_h.weight, self.lstm_hh.weight
+        if not self.gate_dim:
+            return torch.cat([att, hh]), None
+        weight = torch.cat([att, self.f_beta.weight, hh])
+        bias = torch.cat([att.new_zeros(att.shape[0]), self.f_beta.bias, hh.new_zeros(hh.shape[0])])
         return weight, bias
 
     def _advance(self, h, c, emb_gates, features, projected, fused):
         """h_{t-1}, c_{t-1} -> h_t, c_t, the gated context β_t ẑ_t, α_t (+ hard-attention terms)."""
         query, gate_logit, hh = F.linear(h, *fused).split(
-            [self.config["att_dim"], self.f_beta.out_features, self.lstm_hh.out_features], -1
+            [self.config["att_dim"], self.gate_dim, self.lstm_hh.out_features], -1
         )
         attended = self.attention.attend(features, projected, query)
         context, alpha = attended[0], attended[1]
-        if self.f_beta.out_features:
+        if self.gate_dim:
             context = torch.sigmoid(gate_logit) * context  # β_t ẑ_t
         gates = emb_gates + hh + self.lstm_ctx(context)  # eq. 1: T_{D+m+n,n} [E y; h; ẑ]
         i, f, g, o = gates.chunk(4, dim=-1)
@@ -135,7 +137,8 @@ class AttentionDecoder(nn.Module):
             state.h, state.c, self.lstm_emb(emb), state.features, state.projected,
             self._fused_h_projection(),
         )
-        log_probs = self._output(emb, h, context).float().log_softmax(dim=-1)
+        logits = self._output(emb, h, context)
+        log_probs = logits.log_softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         return log_probs, alpha, state._replace(h=h, c=c)
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
@@ -163,7 +166,7 @@ class AttentionDecoder(nn.Module):
                 h[:n], c[:n], emb_gates[:n, t], features[:n], projected[:n], fused
             )
             outs.append((h, *rest))
-        hs, contexts, alphas, log_ps, ents = zip(*outs)
+        hs, contexts, alphas, log_ps, ents = zip(*outs, strict=True)
         rows = torch.cat([torch.arange(n) for n in live]).to(features.device)
         cols = torch.cat([torch.full((n,), t) for t, n in enumerate(live)]).to(features.device)
         logits = self._output(emb[rows, cols], torch.cat(hs), torch.cat(contexts))

@@ -11,6 +11,7 @@ The dataset functions return :class:`DatasetFiles` (Karpathy JSON, image folder)
 
     karpathy/dataset_{flickr8k,flickr30k,coco}.json   Karpathy splits (auto, or put by hand)
     flickr8k/images/*.jpg                             Flickr8k (auto)
+    flickr8k/dataset_flickr8k_official.json           only when no Karpathy copy answers
     flickr30k/flickr30k-images/*.jpg                  Flickr30k (licence form: put by hand)
     coco/train2014/*.jpg, coco/val2014/*.jpg          COCO 2014 (auto, 19 GB)
 
@@ -118,14 +119,15 @@ class DatasetFiles(NamedTuple):
 
 
 def download_url(url: str, dest: str | Path, sha256: str | None = None, md5: str | None = None,
-                 size: int | None = None, retries: int = RETRIES, chunk_size: int = 1 << 20,
+                 size: int | None = None, retries: int | None = None, chunk_size: int = 1 << 20,
                  timeout: float | None = None, backoff: float | None = None) -> Path:
     """Download ``url`` to ``dest``: resumable, retried, and renamed only once verified.
 
-    ``timeout`` (seconds per network operation) and ``backoff`` (seconds before the first
-    retry, doubled at each next) default to the module's TIMEOUT and RETRY_BACKOFF.
+    ``retries``, ``timeout`` (seconds per network operation) and ``backoff`` (seconds before
+    the first retry, doubled at each next) default to RETRIES, TIMEOUT and RETRY_BACKOFF.
     """
     dest = Path(dest)
+    retries = RETRIES if retries is None else retries
     timeout = TIMEOUT if timeout is None else timeout
     backoff = RETRY_BACKOFF if backoff is None else backoff
     if dest.exists():

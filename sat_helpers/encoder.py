@@ -109,21 +109,20 @@ def lite0_weights_path() -> Path:
 
 
 def load_by_position(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model`` entry by entry in order (names differ), checking every shape."""
+    """Copy ``state`` into ``model`` entry by entry, in order (names differ); check every shape."""
     target = model.state_dict()
     if len(state) != len(target):
         raise WeightsUnavailableError(
             f"{source} holds {len(state)} tensors but the model expects {len(target)}; this "
             "file does not belong to this architecture.")
+    pairs = enumerate(zip(state.items(), target.items(), strict=True))
     mismatches = [f"#{i} {src_key} {tuple(src.shape)} -> {key} {tuple(dst.shape)}"
-                  for i, ((src_key, src), (key, dst)) in enumerate(zip(state.items(),
-                                                                       target.items()))
-                  if src.shape != dst.shape]
+                  for i, ((src_key, src), (key, dst)) in pairs if src.shape != dst.shape]
     if mismatches:
         raise WeightsUnavailableError(
             f"{source}: {len(mismatches)} tensor shape mismatch(es) when loading by position, "
             "e.g. " + "; ".join(mismatches[:5]) + ". The file does not fit this architecture.")
-    model.load_state_dict(OrderedDict(zip(target, state.values())))
+    model.load_state_dict(OrderedDict(zip(target, state.values(), strict=True)))
 
 
 def _build_lite0(pretrained: bool) -> nn.Module:

@@ -66,7 +66,7 @@ def _star() -> list[tuple[float, float]]:
     radius = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
     x, y = radius * np.cos(angles), -radius * np.sin(angles)
     x, y = (x - x.min()) / np.ptp(x), (y - y.min()) / np.ptp(y)
-    return list(zip(x.tolist(), y.tolist()))
+    return list(zip(x.tolist(), y.tolist(), strict=True))
 
 
 _POLYGONS["star"] = _star()
@@ -189,8 +189,8 @@ def describe(objects: list[dict], rng: np.random.Generator, image_size: int,
     n = len(objects)
     templates = {
         "list": _listing(nouns),
-        "there": ("there is " + nouns[0] if n == 1
-                  else f"there are {COUNTS[n]} shapes , " + _listing([_noun(o, rng) for o in order])),
+        "there": ("there is " + nouns[0] if n == 1 else
+                  f"there are {COUNTS[n]} shapes , " + _listing([_noun(o, rng) for o in order])),
         "count": _counted(order, rng),
         "picture": _pick(rng, ("a picture of ", "an image of ", "a drawing of "))
         + _listing([_noun(o, rng, size=False) for o in order]),
@@ -252,7 +252,7 @@ def split_sizes(n_images: int, val_fraction: float, test_fraction: float) -> dic
 def make_shapes_dataset(root: str | Path, n_images: int, image_size: int = 224, seed: int = 0,
                         val_fraction: float = 0.1, test_fraction: float = 0.1,
                         workers: int | None = None) -> Path:
-    """Generate the Shapes dataset into ``root`` (images/*.jpg + the Karpathy JSON); return the JSON.
+    """Draw the Shapes dataset into ``root`` (images/*.jpg, the Karpathy JSON); return the JSON.
 
     The dataset is built in a temporary sibling folder and renamed into place at the end, so
     ``root`` either holds a complete dataset or nothing (an existing ``root`` is replaced).
@@ -280,7 +280,7 @@ def make_shapes_dataset(root: str | Path, n_images: int, image_size: int = 224, 
         splits = [s for s, k in sizes.items() for _ in range(k)]
         images = [{"filename": r["filename"], "imgid": r["imgid"], "split": split,
                    **{k: r[k] for k in ("sentids", "sentences", "objects")}}
-                  for r, split in zip(records, splits)]
+                  for r, split in zip(records, splits, strict=True)]
         generator = {"n_images": n_images, "image_size": image_size, "seed": seed,
                      "val_fraction": val_fraction, "test_fraction": test_fraction}
         (tmp / JSON_NAME).write_text(json.dumps(

@@ -138,14 +138,17 @@ def test_vocab_comes_from_train_only(toy):
 
 def test_caption_policies_are_counted(toy, capsys):
     json_path, image_dir, out = toy
-    records = BASE + [("train", ["", " ,. "]), ("train", [LONG])]
+    records = BASE + [("train", ["", " ,. "]), ("train", [LONG]), ("train", ["a cat", LONG])]
     write_dataset(json_path.parent, records)
     prepare_dataset(json_path, image_dir, out, **PARAMS)
     report = PrepareReport.load(out)
-    assert report.empty_captions == 3 and report.long_captions == 2
-    assert report.images_without_captions == 2 and report.images["train"] == 4
-    assert report.images_padded == 2 + 1 + 2  # val, test x2: 3 captions; plus cpi-filled ones
+    assert report.empty_captions == 3 and report.long_captions == 3
+    assert report.images_without_captions == 2 and report.images["train"] == 5
+    assert report.images_padded == 1, "only the last image has fewer than 3 usable captions"
     assert "2 without captions" in capsys.readouterr().out
+    last = CaptionDataset(out, "train")
+    assert [last.vocab.decode(last.captions[k]) for k in range(4 * CPI, 5 * CPI)] == \
+        [["a", "cat"]] * CPI
     meta = json.loads((out / "train_meta.json").read_text())
     cats = next(m for m in meta if m["id"] == 1)
     assert tokenize(LONG) in cats["references"], "long captions stay references"
@@ -156,7 +159,8 @@ def test_caption_policies_are_counted(toy, capsys):
 
 def test_few_captions_are_sampled_with_replacement(tmp_path):
     json_path, image_dir = write_dataset(tmp_path, [("train", ["one dog", "two dogs"])])
-    out = prepare_dataset(json_path, image_dir, tmp_path / "p", **{**PARAMS, "captions_per_image": 5})
+    params = {**PARAMS, "captions_per_image": 5}
+    out = prepare_dataset(json_path, image_dir, tmp_path / "p", **params)
     train = CaptionDataset(out, "train")
     rows = {tuple(train.vocab.decode(train.captions[k])) for k in range(5)}
     assert rows <= {("one", "dog"), ("two", "dogs")} and len(train) == 5
@@ -383,14 +387,14 @@ def test_dataloader_with_two_workers(toy):
     json_path, image_dir, out = toy
     prepare_dataset(json_path, image_dir, out, **PARAMS)
     train = CaptionDataset(out, "train")
-    train.images  # an open memmap must not stop the dataset from being sent to workers
+    assert len(train.images) == 4  # an open memmap must not stop sending the dataset to workers
     loader = torch.utils.data.DataLoader(train, batch_size=5, num_workers=2,
                                          collate_fn=caption_collate)
     batches = list(loader)
     single = list(torch.utils.data.DataLoader(train, batch_size=5, collate_fn=caption_collate))
     assert len(batches) == len(single) == 3
-    for a, b in zip(batches, single):
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for a, b in zip(batches, single, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_ensure_dataset_generates_prepares_and_reuses(tmp_path, monkeypatch):

@@ -73,3 +73,24 @@ def test_gradients_reach_every_parameter():
     out.scores.sum().backward()
     missing = [n for n, p in dec.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert missing == []
+
+
+def test_hard_attention_returns_the_sampling_terms():
+    dec = make(attention="hard").train()
+    feats, caps, lengths = batch()
+    out = dec(feats, caps, lengths)
+    live = torch.arange(5) < (lengths - 1)[:, None]
+    assert out.log_probs_of_samples.shape == out.entropies.shape == (4, 5)
+    assert (out.log_probs_of_samples[live] <= 0).all() and (out.entropies[live] > 0).all()
+    assert (out.log_probs_of_samples[~live] == 0).all()
+    assert dec.eval()(feats, caps, lengths).log_probs_of_samples is None  # expectation
+
+
+def test_bad_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match="attention must be"):
+        AttentionDecoder(V, E, 4, 7, 3, attention="local")
+    with pytest.raises(ValueError, match="gate must be"):
+        AttentionDecoder(V, E, 4, 7, 3, gate="channel")
+    feats, caps, _ = batch()
+    with pytest.raises(ValueError, match="length >= 2"):
+        make()(feats, caps, torch.tensor([5, 1, 6, 2]))

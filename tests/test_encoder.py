@@ -19,8 +19,8 @@ from sat_helpers.encoder import (
     cache_features,
     ensure_features,
     imagenet_top_k,
-    lite0_weights_path,
     list_encoders,
+    lite0_weights_path,
     load_by_position,
     sample_images,
 )
@@ -32,7 +32,7 @@ def test_lite0_weights_load_by_position_and_see_a_cat():
     state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
     model = enc._build_lite0(pretrained=True)  # raises on any count or shape mismatch
     assert len(state) == len(model.state_dict()) == 296
-    for (name, loaded), source in zip(model.state_dict().items(), state.values()):
+    for (name, loaded), source in zip(model.state_dict().items(), state.values(), strict=True):
         assert torch.equal(loaded, source), name
     top = imagenet_top_k("efficientnet_lite0", sample_images()["chelsea"], k=5)
     assert top.class_id[0] in CAT_CLASSES and top.probability[0] >= 0.5, top

@@ -127,7 +127,7 @@ def test_relation_captions_agree_with_the_scene(scenes):
             for phrase in ("to the left of", "to the right of", "above", "below"):
                 text = " ".join(words)
                 if f" {phrase} " in text:
-                    first = next(w for w in words if shapes.OBJECT_WORDS.get(w, ("",))[0] == "shape")
+                    first = next(w for w in words if shapes.OBJECT_WORDS.get(w, "-")[0] == "shape")
                     a = next(o for o in objects if o["shape"] == shapes.OBJECT_WORDS[first][1])
                     b = next(o for o in objects if o is not a)
                     assert shapes.relation(a, b) == phrase, (caption, objects)
@@ -151,7 +151,7 @@ def test_pixels_show_the_described_colours(scenes):
 
 
 def test_background_is_textured(scenes):
-    for objects, _, image in scenes[:20]:
+    for _, _, image in scenes[:20]:
         pixels = np.asarray(image, dtype=float)
         assert pixels.std() > 8
     assert json.dumps(scenes[0][0])  # objects are plain JSON data

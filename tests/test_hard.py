@@ -1,0 +1,215 @@
+"""Hard attention: the estimator is unbiased, the baseline cuts its variance, training works."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sat_helpers import train as tr
+from sat_helpers.config import get_profile
+from sat_helpers.decoder import DecoderOutput
+from sat_helpers.encoder import FeatureDataset, ensure_features
+from sat_helpers.hard import HardAttentionLoss, attention_entropy
+from sat_helpers.search import beam_search, greedy_search
+
+# quick Shapes at 64 px (a 4 x 4 grid): an epoch in well under a second
+TINY = dict(image_size=64, grid=4, epochs=3, train_minutes=60.0, batch_size=12)
+
+# ------------------------------------------------------------------ a toy with known optimum
+# One image with P = 4 locations, a one-word caption y; the "decoder" is log p(y | s, a) =
+# log_softmax(W a_s)[y] with fixed W, the attention is α = softmax(θ). The expected
+# objective E_{s~α}[log p(y|s,a)] + λ_e H[α] has its gradient in closed form, and its
+# optimum (λ_e → 0) puts all attention on the location where log p(y | s, a) is largest.
+P, V, Y = 4, 20, 3
+
+
+def toy_problem():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(P, 8, generator=g)
+    W = torch.randn(V, 8, generator=g) * 0.5
+    theta = torch.randn(P, generator=g) * 0.5
+    return features, W, theta
+
+
+def toy_output(theta_rows: torch.Tensor, features, W, g) -> DecoderOutput:
+    """N sampled "captions": one row of θ per sample, so each row's gradient is its own."""
+    log_alpha = theta_rows.log_softmax(-1)  # (N, P)
+    s = torch.multinomial(log_alpha.exp().detach(), 1, generator=g)  # (N, 1)
+    scores = (features[s.squeeze(1)] @ W.T).unsqueeze(1)  # (N, 1, V)
+    return DecoderOutput(scores, log_alpha.exp().unsqueeze(1), log_alpha.gather(1, s),
+                         attention_entropy(log_alpha.exp()).unsqueeze(1))
+
+
+def toy_batch(n):
+    return torch.tensor([[1, Y]] * n), torch.full((n,), 2)
+
+
+def exact_objective(theta, features, W, entropy_weight):
+    alpha = theta.softmax(-1)
+    log_lik = (features @ W.T).log_softmax(-1)[:, Y]  # log p(y | s, a) for every s
+    return (alpha * log_lik).sum() + entropy_weight * attention_entropy(alpha)
+
+
+def per_sample_gradients(loss_fn, theta, features, W, n, g):
+    """Gradients of the loss w.r.t. θ, one row per sample (N, P), and w.r.t. W (averaged)."""
+    rows = theta.detach().repeat(n, 1).requires_grad_()
+    W = W.detach().clone().requires_grad_()
+    captions, lengths = toy_batch(n)
+    profile = get_profile("quick", lam=0.0, entropy_weight=0.1)
+    loss, _ = loss_fn(toy_output(rows, features, W, g), captions, lengths, profile)
+    loss.backward()
+    return -n * rows.grad, -W.grad  # the loss is −(mean objective): ascent directions
+
+
+def test_estimator_is_unbiased_for_the_exact_gradient():
+    features, W, theta = toy_problem()
+    loss_fn = HardAttentionLoss(get_profile("quick"))
+    loss_fn.load_state_dict({"baseline": -3.0, "batches": 0})  # any fixed b keeps it unbiased
+    n = 40_000
+    g = torch.Generator().manual_seed(1)
+    per_sample, grad_W = per_sample_gradients(loss_fn, theta, features, W, n, g)
+    theta_ = theta.clone().requires_grad_()
+    W_ = W.clone().requires_grad_()
+    exact_objective(theta_, features, W_, 0.1).backward()
+    mean, stderr = per_sample.mean(0), per_sample.std(0) / n ** 0.5
+    assert (mean - theta_.grad).abs().max() < 4 * stderr.max() + 1e-4, (mean, theta_.grad)
+    assert torch.allclose(grad_W, W_.grad, atol=0.02, rtol=0.05)
+    assert theta_.grad.abs().max() > 10 * stderr.max()  # the check has teeth
+
+
+def test_baseline_lowers_the_variance():
+    features, W, theta = toy_problem()
+    g = torch.Generator().manual_seed(2)
+    learned = HardAttentionLoss(get_profile("quick"))
+    for _ in range(40):  # the moving average settles near E[log p(y | s, a)]
+        per_sample_gradients(learned, theta, features, W, 64, g)
+    zero = HardAttentionLoss(get_profile("quick", baseline_decay=1.0))
+    zero.load_state_dict({"baseline": 0.0, "batches": 0})  # decay 1: b stays 0, no baseline
+    var = {}
+    for name, loss_fn in (("baseline", learned), ("none", zero)):
+        per_sample, _ = per_sample_gradients(loss_fn, theta, features, W, 20_000,
+                                             torch.Generator().manual_seed(3))
+        var[name] = float(per_sample.var(0).sum())
+    expected_log_lik = float(exact_objective(theta, features, W, 0.0))
+    assert abs(learned.baseline - expected_log_lik) < 0.1 * abs(expected_log_lik)
+    assert var["baseline"] < 0.3 * var["none"], var
+
+
+def test_estimator_ascends_to_the_known_optimum():
+    features, W, theta = toy_problem()
+    best = int((features @ W.T).log_softmax(-1)[:, Y].argmax())
+    theta = theta.clone().requires_grad_()
+    opt = torch.optim.Adam([theta], lr=0.1)
+    loss_fn = HardAttentionLoss(get_profile("quick"))
+    g = torch.Generator().manual_seed(4)
+    captions, lengths = toy_batch(32)
+    profile = get_profile("quick", lam=0.0)
+    for _ in range(150):
+        loss, _ = loss_fn(toy_output(theta.expand(32, P), features, W, g), captions, lengths,
+                          profile)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    alpha = theta.detach().softmax(-1)
+    assert int(alpha.argmax()) == best and alpha[best] > 0.9, (alpha, best)
+
+
+def test_reported_loss_and_the_mixture():
+    profile = get_profile("quick", lam=0.0, entropy_weight=0.1)
+    features, W, theta = toy_problem()
+    loss_fn = HardAttentionLoss(profile)
+    captions, lengths = toy_batch(8)
+    out = toy_output(theta.expand(8, P), features, W, torch.Generator().manual_seed(5))
+    loss, parts = loss_fn(out, captions, lengths, profile)
+    ce = torch.nn.functional.cross_entropy(out.scores[:, 0], captions[:, 1])
+    entropy = attention_entropy(theta.softmax(-1))
+    assert torch.allclose(loss, ce - 0.1 * entropy)  # the REINFORCE term adds no value
+    assert parts["baseline"] == loss_fn.baseline == pytest.approx(float(-ce))  # first batch
+    expected_out = out._replace(log_probs_of_samples=None)  # an expected-context minibatch
+    before = loss_fn.state_dict()
+    loss_fn(expected_out, captions, lengths, profile)
+    assert loss_fn.state_dict() == before  # b moves on sampled minibatches only
+    model = torch.nn.Module()
+    model.attention = torch.nn.Module()
+    draws = [loss_fn.before_batch(model) for _ in range(400)]
+    assert model.attention.expected == draws[-1] and 0.4 < sum(draws) / 400 < 0.6
+    again = HardAttentionLoss(profile)
+    again.load_state_dict({"baseline": None, "batches": 1})
+    assert [again.before_batch(model) for _ in range(399)] == draws[1:]  # resumable draws
+    none = HardAttentionLoss(replace(profile, semi_sampling_p=0.0))
+    assert not any(none.before_batch(model) for _ in range(50))
+
+
+# ------------------------------------------------------------------ training on quick data
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A data root with the tiny profile's dataset and features, shared by the tests."""
+    path = tmp_path_factory.mktemp("sat_data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAT_DATA", str(path))
+        ensure_features(get_profile("quick", **TINY), device="cpu")
+        yield path
+
+
+@pytest.fixture
+def tiny(root, monkeypatch):
+    monkeypatch.setenv("SAT_DATA", str(root))
+    return get_profile("quick", **TINY)
+
+
+def test_hard_training_lowers_the_loss(tiny, tmp_path):
+    trainer = tr.Trainer(replace(tiny, dropout=0.0), attention="hard", out_dir=tmp_path)
+    model, loss_fn = trainer.model, trainer.loss_fn
+    features, captions, lengths = next(iter(trainer.loader))
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            return float(loss_fn(model(features, captions, lengths), captions, lengths,
+                                 trainer.profile)[0])
+
+    start, modes = eval_loss(), []
+    for _ in range(30):
+        model.train()
+        modes.append(loss_fn.before_batch(model))
+        loss, _ = loss_fn(model(features, captions, lengths), captions, lengths, trainer.profile)
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+    assert eval_loss() < 0.8 * start and 0 < sum(modes) < 30  # both kinds of minibatch ran
+    # a sampled minibatch teaches the attention MLP through the REINFORCE term alone
+    no_other = replace(trainer.profile, lam=0.0, entropy_weight=0.0)
+    model.attention.expected = False
+    loss, parts = loss_fn(model(features, captions, lengths), captions, lengths, no_other)
+    trainer.optimizer.zero_grad()
+    loss.backward()
+    assert "baseline" in parts and model.attention.w.weight.grad.abs().sum() > 0
+
+
+def test_hard_checkpoints_resume_and_decode(tiny, tmp_path):
+    tr.train(tiny, "hard", out_dir=tmp_path / "whole")
+
+    def kill_after_first_epoch(log):
+        if len(log) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(tiny, "hard", out_dir=tmp_path / "killed", callback=kill_after_first_epoch)
+    tr.train(tiny, "hard", out_dir=tmp_path / "killed")
+    whole, resumed = (torch.load(tmp_path / d / "last.pt", weights_only=True)
+                      for d in ("whole", "killed"))
+    assert whole["loss_state"]["baseline"] is not None
+    assert whole["loss_state"] == resumed["loss_state"] and whole["epoch"] == 3
+    for k, v in whole["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    decoder, vocab, ckpt = tr.load_checkpoint(tmp_path / "killed" / "best.pt")
+    assert decoder.config["attention"] == "hard" and not decoder.training
+    data = FeatureDataset(ensure_features(tiny), tr.ensure_dataset(tiny), "test")
+    feats = torch.stack([data[j][0] for j in range(4)])
+    first, second = (greedy_search(decoder, feats, 8, vocab=vocab) for _ in range(2))
+    assert [c.words for c in first] == [c.words for c in second]  # eval: expected context
+    for c in first:
+        assert torch.allclose(c.alphas.sum(-1), torch.ones(len(c.alphas)))
+    beams = beam_search(decoder, feats, 3, 8, vocab=vocab)
+    assert all(b.score >= g.score - 1e-4 for b, g in zip(beams, first, strict=True))

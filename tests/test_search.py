@@ -1,0 +1,164 @@
+"""Greedy and beam search: exhaustive on a tiny model, batched = one by one, k=1 = greedy."""
+
+import itertools
+
+import pytest
+import torch
+
+from sat_helpers.data import Vocab
+from sat_helpers.decoder import AttentionDecoder
+from sat_helpers.search import beam_search, greedy_search, length_normalised
+
+P, ENC = 5, 6
+
+
+def make(words=("red", "circle", "star"), seed=0, scale=3.0, end_bias=0.0):
+    """A random decoder with sharp enough distributions that the search matters."""
+    torch.manual_seed(seed)
+    vocab = Vocab(list(words))
+    dec = AttentionDecoder(len(vocab), ENC, embed_dim=4, dec_dim=7, att_dim=3).double()
+    with torch.no_grad():
+        dec.L_o.weight.mul_(scale)
+        dec.L_o.bias.mul_(scale)
+        dec.L_o.bias[vocab.end_id] += end_bias
+    return dec, vocab
+
+
+def features(n, seed=1):
+    torch.manual_seed(seed)
+    return torch.randn(n, P, ENC, dtype=torch.float64)
+
+
+def teacher_forced(dec, vocab, feats, sequences):
+    """Summed log-probs and alphas of (tokens, ended) pairs by the decoder's forward(), batched."""
+    ids = [[vocab.start_id, *tokens] + [vocab.end_id] * ended for tokens, ended in sequences]
+    lengths = torch.tensor([len(x) for x in ids])
+    captions = torch.tensor([x + [vocab.pad_id] * (max(lengths) - len(x)) for x in ids])
+    with torch.no_grad():
+        out = dec.eval()(feats.expand(len(ids), -1, -1), captions, lengths)
+    log_probs = out.scores.log_softmax(-1).gather(2, captions[:, 1:].unsqueeze(2)).squeeze(2)
+    real = torch.arange(captions.shape[1] - 1) < (lengths - 1).unsqueeze(1)
+    return (log_probs * real).sum(1).tolist(), out.alphas
+
+
+def exhaustive_best(dec, vocab, feats, max_len, alpha):
+    """Best sequence by the search's rule: finished ones first, ranked by normalised score."""
+    words = range(4, len(vocab))
+    sequences = [(list(seq), n < max_len) for n in range(max_len + 1)
+                 for seq in itertools.product(words, repeat=n)]
+    scores, _ = teacher_forced(dec, vocab, feats, sequences)
+    keys = [(ended, length_normalised(score, len(tokens) + ended, alpha))
+            for (tokens, ended), score in zip(sequences, scores)]
+    best = max(range(len(keys)), key=keys.__getitem__)
+    return sequences[best][0], scores[best]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+@pytest.mark.parametrize("end_bias", [0.0, -2.0])
+def test_wide_beam_is_exhaustive(alpha, end_bias):
+    dec, vocab = make(end_bias=end_bias)
+    feats = features(3)
+    max_len = 4
+    got = beam_search(dec, feats, 128, max_len, vocab=vocab, length_penalty=alpha)
+    for i, caption in enumerate(got):
+        tokens, score = exhaustive_best(dec, vocab, feats[i], max_len, alpha)
+        assert caption.tokens == tokens
+        assert caption.score == pytest.approx(score, abs=1e-4)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_score_and_alphas_are_the_decoders(search):
+    dec, vocab = make(end_bias=-1.0)
+    feats = features(4)
+    if search == "greedy":
+        got = greedy_search(dec, feats, 6, vocab=vocab)
+    else:
+        got = beam_search(dec, feats, 3, 6, vocab=vocab, length_penalty=0.7)
+    for i, caption in enumerate(got):
+        (score,), alphas = teacher_forced(dec, vocab, feats[i], [(caption.tokens, caption.ended)])
+        n = len(caption.tokens) + caption.ended
+        assert caption.score == pytest.approx(score, abs=1e-4)
+        assert caption.alphas.shape == (n, P)
+        assert torch.allclose(caption.alphas.double(), alphas[0, :n], atol=1e-5)
+        assert caption.words == [vocab.itos[t] for t in caption.tokens]
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_batched_equals_one_at_a_time(beam_size):
+    dec, vocab = make(end_bias=-1.0)
+    feats = features(6)
+    batched = beam_search(dec, feats, beam_size, 7, vocab=vocab, return_all=True)
+    for i in range(len(feats)):
+        alone = beam_search(dec, feats[i : i + 1], beam_size, 7, vocab=vocab, return_all=True)[0]
+        assert [c.tokens for c in alone] == [c.tokens for c in batched[i]]
+        assert [c.score for c in alone] == pytest.approx([c.score for c in batched[i]], abs=1e-5)
+    greedy = greedy_search(dec, feats, 7, vocab=vocab)
+    assert [c.tokens for c in greedy] == [
+        greedy_search(dec, feats[i : i + 1], 7, vocab=vocab)[0].tokens for i in range(len(feats))
+    ]
+
+
+@pytest.mark.parametrize("end_bias", [0.0, -1.5, -3.0])
+def test_beam_one_is_greedy(end_bias):
+    dec, vocab = make(words=("a", "b", "c", "d", "e"), end_bias=end_bias)
+    feats = features(8)
+    greedy = greedy_search(dec, feats, 6, vocab=vocab)
+    beam = beam_search(dec, feats, 1, 6, vocab=vocab)
+    assert [c.tokens for c in beam] == [c.tokens for c in greedy]
+    assert [c.ended for c in beam] == [c.ended for c in greedy]
+    assert [c.score for c in beam] == pytest.approx([c.score for c in greedy], abs=1e-5)
+    assert all(torch.allclose(b.alphas, g.alphas) for b, g in zip(beam, greedy))
+
+
+def test_never_ending_decoder_returns_max_len_caption():
+    dec, vocab = make()
+    with torch.no_grad():
+        dec.L_o.bias[vocab.end_id] = -1e9
+    feats = features(2)
+    for caption in greedy_search(dec, feats, 5, vocab=vocab) + beam_search(
+        dec, feats, 3, 5, vocab=vocab, length_penalty=1.0
+    ):
+        assert len(caption.tokens) == 5 and not caption.ended
+        assert caption.alphas.shape == (5, P)
+
+
+def test_beam_larger_than_vocabulary():
+    dec, vocab = make(words=("x", "y"))
+    feats = features(2)
+    all_hyps = beam_search(dec, feats, 50, 3, vocab=vocab, return_all=True)
+    for hyps in all_hyps:
+        assert 1 <= len(hyps) <= 50
+        norm = [c.score for c in hyps if c.ended]
+        assert norm == sorted(norm, reverse=True)
+        assert len({tuple(c.tokens) for c in hyps}) == len(hyps)  # no duplicate hypotheses
+
+
+def test_forbidden_tokens_never_emitted():
+    dec, vocab = make()
+    with torch.no_grad():  # make <pad>, <start>, <unk> the most likely tokens
+        dec.L_o.bias[[vocab.pad_id, vocab.start_id, vocab.unk_id]] += 20.0
+    feats = features(3)
+    captions = greedy_search(dec, feats, 4, vocab=vocab)
+    for hyps in beam_search(dec, feats, 8, 4, vocab=vocab, return_all=True):
+        captions += hyps
+    forbidden = {vocab.pad_id, vocab.start_id, vocab.unk_id, vocab.end_id}
+    assert all(not forbidden & set(c.tokens) for c in captions)
+
+
+def test_mode_restored_and_dropout_off():
+    dec, vocab = make()
+    dec.train()
+    feats = features(2)
+    first = beam_search(dec, feats, 2, 5, vocab=vocab)
+    assert dec.training
+    assert [c.tokens for c in first] == [c.tokens for c in beam_search(dec, feats, 2, 5, vocab=vocab)]
+
+
+def test_bad_arguments_say_what_to_do():
+    dec, vocab = make()
+    with pytest.raises(ValueError, match="unsqueeze"):
+        greedy_search(dec, features(1)[0], 4, vocab=vocab)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(dec, features(1), 0, 4, vocab=vocab)
+    with pytest.raises(ValueError, match="max_len"):
+        beam_search(dec, features(1), 2, 0, vocab=vocab)
