@@ -67,6 +67,8 @@ def _caption(args: argparse.Namespace) -> int:
     from .search import beam_search
     from .train import load_checkpoint, run_dir
 
+    if args.beam < 1:
+        return _caption_fail(f"--beam must be at least 1, got {args.beam}")
     try:
         images = [_caption_open(path) for path in args.images]
     except ValueError as err:
@@ -78,6 +80,9 @@ def _caption(args: argparse.Namespace) -> int:
     try:
         decoder, vocab, ckpt = load_checkpoint(path)
         profile = Profile(**ckpt["profile"])
+    except KeyError as err:
+        return _caption_fail(f"could not load checkpoint {path}: it has no {err} entry; is it "
+                             "a last.pt/best.pt written by `sat train`?")
     except Exception as err:  # noqa: BLE001 - any failure to load is reported the same way
         return _caption_fail(f"could not load checkpoint {path}: {err}")
     if args.vocab:
@@ -91,12 +96,15 @@ def _caption(args: argparse.Namespace) -> int:
             f"{decoder.config['vocab_size']} words: use the vocabulary the model was trained "
             "with (the one stored in its checkpoint)")
     encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size).eval()
+    if encoder.channels != decoder.config["enc_dim"]:
+        return _caption_fail(f"the checkpoint's encoder {profile.encoder} gives {encoder.channels}"
+                             f"-d annotations but its decoder expects {decoder.config['enc_dim']}")
     with torch.no_grad():
         feats = encoder(torch.stack([encoder.transform(image) for image in images]))
     captions = beam_search(decoder.eval(), feats, args.beam, args.max_len or
                            profile.decode_max_len, vocab=vocab,
                            length_penalty=args.length_penalty)
-    for name, image, caption in zip(args.images, images, captions):
+    for name, image, caption in zip(args.images, images, captions, strict=True):
         print(f"{name}: {' '.join(caption.words)}")
         if args.plot:
             from .viz import plot_attention

@@ -453,10 +453,11 @@ class CaptionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int):
         if self.split == "train":
-            return self.image(k // self.captions_per_image), self.captions[k], int(self.lengths[k])
-        rows = slice(k * self.captions_per_image, (k + 1) * self.captions_per_image)
-        return self.image(k), self.captions[rows.start], int(self.lengths[rows.start]), \
-            self.captions[rows]
+            caption = self.captions[k].clone()  # a clone: a view would ship the whole storage
+            return self.image(k // self.captions_per_image), caption, int(self.lengths[k])
+        first = k * self.captions_per_image
+        captions = self.captions[first: first + self.captions_per_image].clone()
+        return self.image(k), captions[0], int(self.lengths[first]), captions
 
 
 def caption_collate(batch: list[tuple]) -> tuple:

@@ -114,7 +114,8 @@ class HardAttentionLoss:
         penalty = doubly_stochastic_penalty(output.alphas.float(), lengths - 1, profile.lam)
         entropy = (output.entropies.float() * real).sum() / n  # mean H[α_t] per word
         loss = ce + penalty - profile.entropy_weight * entropy
-        parts = {"ce": float(ce), "penalty": float(penalty), "entropy": float(entropy)}
+        parts = {"ce": float(ce.detach()), "penalty": float(penalty.detach()),
+                 "entropy": float(entropy.detach())}
         if output.log_probs_of_samples is not None:  # a sampled minibatch: REINFORCE
             log_likelihood = log_p.sum(1)  # log p(y | s̃, a) per caption
             mean = _global_mean(log_likelihood)

@@ -146,9 +146,6 @@ def coco_scores(references: Sequence[Sequence[Tokens]],
 
 def _close_meteor(meteor: object) -> None:
     """End METEOR's Java process now rather than at garbage collection."""
-    if hasattr(meteor, "close"):
-        meteor.close()
-        return
     with meteor.lock:
         meteor.meteor_p.stdin.close()
         meteor.meteor_p.kill()

@@ -257,13 +257,13 @@ def make_shapes_dataset(root: str | Path, n_images: int, image_size: int = 224, 
     The dataset is built in a temporary sibling folder and renamed into place at the end, so
     ``root`` either holds a complete dataset or nothing (an existing ``root`` is replaced).
     Images are the first train, then val, then test. ``workers`` processes draw the images
-    (default: up to 4 CPUs); the result does not depend on it.
+    (default: up to 4 CPUs for 500 images or more, else 1); the result does not depend on it.
     """
     root = Path(root)
     sizes = split_sizes(n_images, val_fraction, test_fraction)
     if image_size < 64:
         raise ValueError(f"image_size={image_size} is too small for Shapes; use 64 or more.")
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or (min(4, os.cpu_count() or 1) if n_images >= 500 else 1)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
@@ -272,9 +272,10 @@ def make_shapes_dataset(root: str | Path, n_images: int, image_size: int = 224, 
         jobs = [(i, seed, image_size, str(tmp / "images"), f"{i:0{width}d}.jpg")
                 for i in range(n_images)]
         bar = dict(total=n_images, desc="Drawing Shapes", unit="img")
-        if workers > 1 and n_images >= 200:
+        if workers > 1:
+            chunk = max(1, min(32, n_images // (4 * workers)))
             with multiprocessing.get_context().Pool(workers) as pool:
-                records = list(tqdm(pool.imap(_write_one, jobs, chunksize=32), **bar))
+                records = list(tqdm(pool.imap(_write_one, jobs, chunksize=chunk), **bar))
         else:
             records = [_write_one(job) for job in tqdm(jobs, **bar)]
         splits = [s for s, k in sizes.items() for _ in range(k)]

@@ -37,6 +37,7 @@ from .config import Profile, data_root
 from .data import CaptionDataset, Vocab, caption_collate, ensure_dataset
 from .decoder import AttentionDecoder, DecoderOutput
 from .encoder import Encoder, FeatureDataset, dataset_hash, ensure_features
+from .hard import HardAttentionLoss
 from .metrics import bleu_scores
 from .search import greedy_search
 
@@ -69,10 +70,11 @@ def caption_loss(output: DecoderOutput, captions: Tensor, lengths: Tensor, profi
     ce = F.cross_entropy(output.scores[real].float(), targets[real], reduction="sum")
     ce = ce / (real.sum() if n_tokens is None else n_tokens)
     penalty = doubly_stochastic_penalty(output.alphas.float(), lengths - 1, profile.lam)
-    return ce + penalty, {"ce": float(ce), "penalty": float(penalty)}
+    return ce + penalty, {"ce": ce.detach().item(), "penalty": penalty.detach().item()}
 
 
-LOSSES: dict[str, Callable] = {"soft": caption_loss}
+# A class is a loss with state (the hard-attention baseline): each Trainer makes its own.
+LOSSES: dict[str, Callable] = {"soft": caption_loss, "hard": HardAttentionLoss}
 
 
 # ------------------------------------------------------------------------------ the data
@@ -184,6 +186,8 @@ class Trainer:
         if attention not in LOSSES:
             raise ValueError(f"attention={attention!r}: no loss for it; use one of {list(LOSSES)}.")
         self.profile, self.attention, self.loss_fn = profile, attention, LOSSES[attention]
+        if isinstance(self.loss_fn, type):
+            self.loss_fn = self.loss_fn(profile)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rank, self.world = _distributed(self.device.type)
         if self.world > 1 and self.device.type == "cuda":
@@ -265,6 +269,7 @@ class Trainer:
             "profile": self.profile.to_dict(), "dataset_hash": dataset_hash(self.dataset_dir),
             "best_bleu4": self.best_bleu4, "bad_epochs": self.bad_epochs,
             "train_seconds": self.train_seconds, "log": list(self.log),
+            "loss_state": self.loss_fn.state_dict() if hasattr(self.loss_fn, "state_dict") else {},
         }
 
     def matches(self, ckpt: dict) -> bool:
@@ -289,6 +294,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        if hasattr(self.loss_fn, "load_state_dict"):
+            self.loss_fn.load_state_dict(ckpt["loss_state"])
         self.epoch, self.finished, self.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
         self.best_bleu4, self.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
         self.train_seconds = ckpt["train_seconds"]
@@ -342,6 +349,8 @@ class Trainer:
             if self.world > 1:
                 dist.all_reduce(n_tokens)
                 n_tokens = n_tokens / self.world
+            if hasattr(self.loss_fn, "before_batch"):  # hard attention: sample or expect
+                self.loss_fn.before_batch(self.model)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.ddp(self.annotations(x), captions, lengths)
             loss, _ = self.loss_fn(out, captions, lengths, self.profile, n_tokens)
@@ -352,8 +361,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.profile.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += torch.tensor([float(loss), 1.0], dtype=torch.float64)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            value = loss.detach().item()
+            total += torch.tensor([value, 1.0], dtype=torch.float64)
+            bar.set_postfix(loss=f"{value:.3f}")
         if self.world > 1:
             dist.all_reduce(total)
         return float(total[0] / total[1])

@@ -70,7 +70,7 @@ def attention_maps(alphas, size: tuple[int, int], smooth: bool = True) -> np.nda
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, floor: float = 0.25) -> np.ndarray:
-    """The image lit by a (H, W) map in [0, 1]: full brightness where attended, ``floor`` elsewhere."""
+    """The image lit by a (H, W) map in [0, 1]: full where attended, ``floor`` elsewhere."""
     return image * (floor + (1.0 - floor) * heat[..., None])
 
 
@@ -98,7 +98,7 @@ def plot_attention(image, words: Sequence[str], alphas, smooth: bool = True, col
         ax.axis("off")
     axes.flat[0].imshow(img)
     axes.flat[0].set_title("image")
-    for ax, word, heat in zip(axes.flat[1:], words, maps):
+    for ax, word, heat in zip(axes.flat[1:], words, maps, strict=False):
         ax.imshow(overlay(img, heat))
         ax.set_title(word)
     fig.suptitle(title or " ".join(w for w in words if w != "<end>"))

@@ -48,7 +48,7 @@ def exhaustive_best(dec, vocab, feats, max_len, alpha):
                  for seq in itertools.product(words, repeat=n)]
     scores, _ = teacher_forced(dec, vocab, feats, sequences)
     keys = [(ended, length_normalised(score, len(tokens) + ended, alpha))
-            for (tokens, ended), score in zip(sequences, scores)]
+            for (tokens, ended), score in zip(sequences, scores, strict=True)]
     best = max(range(len(keys)), key=keys.__getitem__)
     return sequences[best][0], scores[best]
 
@@ -107,7 +107,7 @@ def test_beam_one_is_greedy(end_bias):
     assert [c.tokens for c in beam] == [c.tokens for c in greedy]
     assert [c.ended for c in beam] == [c.ended for c in greedy]
     assert [c.score for c in beam] == pytest.approx([c.score for c in greedy], abs=1e-5)
-    assert all(torch.allclose(b.alphas, g.alphas) for b, g in zip(beam, greedy))
+    assert all(torch.allclose(b.alphas, g.alphas) for b, g in zip(beam, greedy, strict=True))
 
 
 def test_never_ending_decoder_returns_max_len_caption():
@@ -151,7 +151,8 @@ def test_mode_restored_and_dropout_off():
     feats = features(2)
     first = beam_search(dec, feats, 2, 5, vocab=vocab)
     assert dec.training
-    assert [c.tokens for c in first] == [c.tokens for c in beam_search(dec, feats, 2, 5, vocab=vocab)]
+    again = beam_search(dec, feats, 2, 5, vocab=vocab)
+    assert [c.tokens for c in first] == [c.tokens for c in again]
 
 
 def test_bad_arguments_say_what_to_do():

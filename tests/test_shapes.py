@@ -157,6 +157,21 @@ def test_background_is_textured(scenes):
     assert json.dumps(scenes[0][0])  # objects are plain JSON data
 
 
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    real, calls = shapes.render, []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*args)
+
+    monkeypatch.setattr(shapes, "render", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        shapes.make_shapes_dataset(tmp_path / "s", 10, 64, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_arguments_are_explained(tmp_path):
     with pytest.raises(ValueError, match="no training images"):
         shapes.make_shapes_dataset(tmp_path / "x", 4, 64, val_fraction=0.5, test_fraction=0.5)

@@ -98,3 +98,66 @@ def test_explorer_driven_by_its_widgets():
     assert ex.choose.value == "mine.png" and "mine.png" in ex.choose.options
     ex.add_uploads({"broken.jpg": {"metadata": {}, "content": b"not an image"}})
     assert "broken.jpg" in ex.status.value and ex.choose.value == "mine.png"
+
+
+# ---------------------------------------------------------------- the `sat caption` command
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny untrained checkpoint in the trainer's format (quick profile, real encoder)."""
+    from sat_helpers.config import get_profile
+    from sat_helpers.encoder import get_spec
+    from sat_helpers.train import build_decoder
+
+    profile = get_profile("quick")
+    vocab = Vocab(["a", "red", "blue", "circle", "star"])
+    torch.manual_seed(0)
+    dec = build_decoder(profile, len(vocab), get_spec(profile.encoder).channels)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model": dec.state_dict(), "decoder_config": dict(dec.config),
+                "vocab": vocab.words, "profile": profile.to_dict()}, path)
+    return path
+
+
+def sample(name="chelsea.png"):
+    from importlib.resources import files
+
+    return str(files("sat_helpers") / "samples" / name)
+
+
+def test_cli_captions_a_photo(checkpoint, tmp_path, capsys):
+    from sat_helpers.cli import main
+
+    plot = tmp_path / "att.png"
+    assert main(["caption", sample(), "--checkpoint", str(checkpoint), "--beam", "2",
+                 "--max-len", "4", "--plot", str(plot)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(sample() + ":")
+    assert set(line.split(":", 1)[1].split()) <= {"a", "red", "blue", "circle", "star"}
+    assert plot.stat().st_size > 0
+
+
+def test_cli_errors_name_the_problem(checkpoint, tmp_path, capsys):
+    from sat_helpers.cli import main
+
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"this is no image")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    ckpt = torch.load(checkpoint, weights_only=True)
+    wrong_vocab = tmp_path / "wrong_vocab.pt"
+    torch.save({**ckpt, "vocab": ["a", "red"]}, wrong_vocab)
+    no_profile = tmp_path / "no_profile.pt"
+    torch.save({k: v for k, v in ckpt.items() if k != "profile"}, no_profile)
+    cases = [
+        ([str(tmp_path / "missing.jpg")], checkpoint, "no such image file"),
+        ([sample(), str(fake)], checkpoint, "cannot read it as an image"),
+        ([sample()], tmp_path / "none.pt", "no checkpoint at"),
+        ([sample()], garbage, "could not load checkpoint"),
+        ([sample()], no_profile, "no 'profile' entry"),
+        ([sample()], wrong_vocab, "vocabulary has 7 entries"),
+    ]
+    for images, path, message in cases:
+        assert main(["caption", *images, "--checkpoint", str(path)]) == 1
+        captured = capsys.readouterr()
+        assert message in captured.err and not captured.out
