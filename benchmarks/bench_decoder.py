@@ -36,6 +36,7 @@ from sat_helpers.decoder import AttentionDecoder, DecoderOutput
 from sat_helpers.train import caption_loss
 
 SIZES = dict(batch=32, positions=196, enc=2048, dim=512, vocab=10_000, min_len=8, max_len=22)
+SMOKE = dict(batch=4, positions=9, enc=16, dim=8, vocab=50, min_len=3, max_len=7)  # --smoke
 MODELS = {"seed model (vector β, fc on h)": dict(gate="vector", deep_output=False),
           "paper model (scalar β, deep output)": dict(gate="scalar", deep_output=True)}
 OUT = Path(__file__).resolve().parent / "results"
@@ -207,6 +208,8 @@ def markdown(table: pd.DataFrame) -> str:
 def run_variant(model: str, variant: str, args) -> dict:
     cmd = [sys.executable, __file__, "--one", json.dumps([model, variant]),
            "--steps", str(args.steps), "--threads", str(args.threads)]
+    if args.smoke:
+        cmd.append("--smoke")
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -214,8 +217,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes: check that the benchmark runs (no results written)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.smoke:
+        SIZES.update(SMOKE)
     if args.one:
         print(json.dumps(measure(*json.loads(args.one), args.steps, args.threads)))
         return
@@ -248,6 +255,8 @@ def main() -> None:
             f"Command: `python benchmarks/bench_decoder.py --threads {args.threads} "
             f"--steps {args.steps}`\n\n{markdown(table)}\n")
     print(text)
+    if args.smoke:
+        return
     OUT.mkdir(exist_ok=True)
     (OUT / "decoder.md").write_text(text)
 

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -207,15 +207,20 @@ def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
 
-def normalise(images: torch.Tensor, spec: EncoderSpec, size: int) -> torch.Tensor:
+def normalise(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float (B, 3, size, size): resized if needed, then (x - mean) / std."""
     x = images.float()
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                           align_corners=False)
-    mean = torch.tensor(spec.mean, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=x.device).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255
     return (x - mean) / std
+
+
+def image_to_input(image: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """PIL image -> float (3, size, size) normalised: what ``Encoder.transform`` does."""
+    return normalise(pil_to_tensor(image, size)[None], size, mean, std)[0]
 
 
 class Encoder(nn.Module):
@@ -238,9 +243,7 @@ class Encoder(nn.Module):
         self.grid = grid or DEFAULT_GRID
         self.input_size = image_size or spec.input_size
         self.blocks = nn.ModuleDict(spec.trunk(spec.build(pretrained)))
-        self.native_grid = -(-self.input_size // spec.stride)  # ceil: "same" padding
-        self.pool = nn.Identity() if self.grid == self.native_grid else \
-            nn.AdaptiveAvgPool2d(self.grid)
+        self.pool = nn.AdaptiveAvgPool2d(self.grid)  # exact identity when the map is grid x grid
         self.set_fine_tune(fine_tune)
 
     @property
@@ -281,13 +284,16 @@ class Encoder(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float (B, 3, S, S), resized and normalised for this encoder."""
-        return normalise(images, self.spec, self.input_size)
+        return normalise(images, self.input_size, self.spec.mean, self.spec.std)
 
     @property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> float (3, S, S): RGB, squashed to S x S like the datasets, normalised."""
-        return lambda image: normalise(pil_to_tensor(image, self.input_size)[None], self.spec,
-                                       self.input_size)[0]
+        """PIL image -> float (3, S, S): RGB, squashed to S x S like the datasets, normalised.
+
+        A picklable callable, so it works in DataLoader workers.
+        """
+        return partial(image_to_input, size=self.input_size, mean=self.spec.mean,
+                       std=self.spec.std)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, pretrained={self.pretrained}, grid={self.grid}, "
@@ -322,7 +328,7 @@ def imagenet_top_k(encoder_or_name: Encoder | str, image, k: int = 5) -> pd.Data
         image = Image.fromarray(image.permute(1, 2, 0).numpy())
     elif not isinstance(image, Image.Image):
         image = Image.open(image)
-    x = normalise(pil_to_tensor(image, spec.input_size)[None], spec, spec.input_size)
+    x = image_to_input(image, spec.input_size, spec.mean, spec.std)[None]
     with torch.inference_mode():
         probs = imagenet_classifier(name)(x).softmax(dim=1)[0]
     top = probs.topk(k)
@@ -394,7 +400,7 @@ def cache_features(encoder: Encoder, dataset_dir: str | Path, split: str, out_di
         with torch.inference_mode(), tqdm(total=len(images), desc=f"Encoding {split}",
                                           unit="img", leave=False) as bar:
             for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+                batch = torch.from_numpy(np.array(images[start:start + batch_size]))  # writable
                 x = encoder.preprocess(batch.to(device).permute(0, 3, 1, 2))
                 features = encoder(x.contiguous(memory_format=memory_format))
                 out[start:start + len(batch)] = features.half().cpu().numpy()

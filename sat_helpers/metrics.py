@@ -117,28 +117,39 @@ def _coco_toolkit() -> dict:
             "PTBTokenizer": PTBTokenizer}
 
 
-def coco_scores(references: Sequence[Sequence[Tokens]],
-                hypotheses: Sequence[Tokens]) -> dict[str, float]:
+def ptb_tokenize(captions: dict[object, list[str]], tokenizer_class: type) -> dict:
+    """Captions re-tokenised by the toolkit's PTB tokeniser in one Java call; '' stays ''."""
+    non_empty = {k: [{"caption": c} for c in cs if c.strip()] for k, cs in captions.items()}
+    tokens = tokenizer_class().tokenize({k: v for k, v in non_empty.items() if v})
+    return {k: tokens.get(k, []) + [""] * (len(cs) - len(non_empty[k]))
+            for k, cs in captions.items()}
+
+
+def coco_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens], *,
+                meteor: bool = True) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr as the COCO caption toolkit computes them.
 
     Each token list is joined with spaces and re-tokenised by the toolkit's Stanford PTB
     tokeniser (lower-cased, punctuation dropped), as in the papers. Needs pycocoevalcap and
-    Java; METEOR starts a Java process, so a call takes a few seconds even on a tiny corpus.
+    Java. METEOR loads a 60 MB paraphrase table in Java first (tens of seconds, minutes on
+    a busy 2-core CPU); ``meteor=False`` leaves it out.
     """
     _check_corpus(references, hypotheses)
     kit = _coco_toolkit()
-    tokenizer = kit["PTBTokenizer"]()
-    gts = tokenizer.tokenize({i: [{"caption": " ".join(r)} for r in refs]
-                              for i, refs in enumerate(references)})
-    res = tokenizer.tokenize({i: [{"caption": " ".join(h)}] for i, h in enumerate(hypotheses)})
+    captions = {("ref", i): [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    captions |= {("hyp", i): [" ".join(h)] for i, h in enumerate(hypotheses)}
+    tokens = ptb_tokenize(captions, kit["PTBTokenizer"])
+    gts = {i: tokens["ref", i] for i in range(len(references))}
+    res = {i: tokens["hyp", i] for i in range(len(hypotheses))}
     with contextlib.redirect_stdout(io.StringIO()):  # the BLEU scorer prints its counts
         bleu, _ = kit["Bleu"](4).compute_score(gts, res)
     scores = {f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)}
-    meteor = kit["Meteor"]()
-    try:
-        scores["METEOR"] = float(meteor.compute_score(gts, res)[0])
-    finally:
-        _close_meteor(meteor)
+    if meteor:
+        scorer = kit["Meteor"]()
+        try:
+            scores["METEOR"] = float(scorer.compute_score(gts, res)[0])
+        finally:
+            _close_meteor(scorer)
     scores["ROUGE-L"] = float(kit["Rouge"]().compute_score(gts, res)[0])
     scores["CIDEr"] = float(kit["Cider"]().compute_score(gts, res)[0])
     return scores

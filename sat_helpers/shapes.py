@@ -249,6 +249,13 @@ def split_sizes(n_images: int, val_fraction: float, test_fraction: float) -> dic
     return {"train": n_images - n_val - n_test, "val": n_val, "test": n_test}
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroups where the OS tells)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def make_shapes_dataset(root: str | Path, n_images: int, image_size: int = 224, seed: int = 0,
                         val_fraction: float = 0.1, test_fraction: float = 0.1,
                         workers: int | None = None) -> Path:
@@ -263,7 +270,7 @@ def make_shapes_dataset(root: str | Path, n_images: int, image_size: int = 224, 
     sizes = split_sizes(n_images, val_fraction, test_fraction)
     if image_size < 64:
         raise ValueError(f"image_size={image_size} is too small for Shapes; use 64 or more.")
-    workers = workers or (min(4, os.cpu_count() or 1) if n_images >= 500 else 1)
+    workers = workers or (min(4, _usable_cpus()) if n_images >= 500 else 1)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)

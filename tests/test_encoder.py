@@ -7,6 +7,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from sat_helpers import encoder as enc
@@ -92,6 +93,17 @@ def test_frozen_encoder_has_no_gradients_and_fixed_batchnorm():
     encoder(torch.randn(4, 3, 64, 64) * 3 + 1)
     for key, value in encoder.state_dict().items():
         assert torch.equal(before[key], value), f"{key} moved in a train-mode forward"
+
+
+def test_transform_matches_preprocess_and_pickles():
+    encoder = Encoder("efficientnet_lite0_s16", pretrained=False, image_size=64)
+    transform = pickle.loads(pickle.dumps(encoder.transform))  # DataLoader workers need this
+    image = Image.open(sample_images()["coffee"])
+    pixels = torch.from_numpy(np.array(image.convert("RGB").resize((64, 64), Image.BICUBIC)))
+    expected = pixels.permute(2, 0, 1).float() / 127.5 - 1  # Lite0: mean = std = 0.5
+    assert torch.allclose(transform(image), expected, atol=1e-5)
+    assert torch.allclose(encoder.preprocess(pixels.permute(2, 0, 1)[None])[0], expected,
+                          atol=1e-5)
 
 
 def test_fine_tune_unfreezes_exactly_the_last_blocks():

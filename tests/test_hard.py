@@ -180,6 +180,7 @@ def test_hard_training_lowers_the_loss(tiny, tmp_path):
     assert eval_loss() < 0.8 * start and 0 < sum(modes) < 30  # both kinds of minibatch ran
     # a sampled minibatch teaches the attention MLP through the REINFORCE term alone
     no_other = replace(trainer.profile, lam=0.0, entropy_weight=0.0)
+    model.train()
     model.attention.expected = False
     loss, parts = loss_fn(model(features, captions, lengths), captions, lengths, no_other)
     trainer.optimizer.zero_grad()
