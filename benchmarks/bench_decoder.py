@@ -167,7 +167,7 @@ def check_same(model: str) -> dict:
                 for k in ours)
     assert torch.allclose(loss_ours, loss_seed, rtol=1e-5), (loss_ours, loss_seed)
     assert worst < 1e-3, f"gradients differ: largest relative difference {worst:.2e}"
-    return {"loss": float(loss_ours), "loss_seed": float(loss_seed), "max_rel_grad_diff": worst}
+    return {"loss": loss_ours.item(), "loss_seed": loss_seed.item(), "max_rel_grad_diff": worst}
 
 
 def measure(model: str, variant: str, steps: int, threads: int) -> dict:

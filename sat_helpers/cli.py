@@ -117,6 +117,37 @@ def _caption(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """Caption a split with a checkpoint; print the first rows and the corpus metrics."""
+    import pandas as pd
+
+    from .config import get_profile
+    from .evaluate import TABLE_COLUMNS, evaluate
+    from .train import run_dir
+
+    def fail(message: str) -> int:
+        print(f"sat evaluate: error: {message}", file=sys.stderr)
+        return 1
+
+    if args.beam < 1:
+        return fail(f"--beam must be at least 1, got {args.beam}")
+    path = Path(args.checkpoint or run_dir(get_profile(args.profile), args.attention) / "best.pt")
+    if not path.is_file():
+        return fail(f"no checkpoint at {path}: train one with `sat train` or pass "
+                    "--checkpoint PATH")
+    try:
+        table, metrics = evaluate(path, args.split, args.beam, device=args.device,
+                                  meteor=args.meteor)
+    except (OSError, ValueError) as err:  # unloadable checkpoint, mismatched data: say which
+        return fail(str(err))
+    with pd.option_context("display.max_colwidth", 70, "display.width", 160):
+        print(table[[c for c in TABLE_COLUMNS if c in table]].head(args.rows).to_string())
+    print(f"\n{args.split} split, beam {args.beam}, {path}:")
+    values = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    print(pd.Series(values, name="value", dtype=object).to_frame().to_string())
+    return 0
+
+
 def _course(args: argparse.Namespace) -> int:
     """Run every notebook in order and write build/course-results.json."""
     from .course import run_course
@@ -154,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also save the attention figure (one file per image)")
     p.set_defaults(func=_caption)
+
+    p = sub.add_parser("evaluate", help="caption a split with a checkpoint and score it")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to evaluate (default: runs/<profile>-<attention>/best.pt); "
+                        "its stored profile picks the data")
+    p.add_argument("--profile", default=None, help="profile of the default checkpoint")
+    p.add_argument("--attention", default="soft", choices=["soft", "hard"],
+                   help="run of the default checkpoint")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    p.add_argument("--rows", type=int, default=10, help="per-image rows to print")
+    p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=True,
+                   help="METEOR (a Java start of tens of seconds); --no-meteor skips it")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if any)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("course", help="run every notebook in order (make course)")
     p.add_argument("--profile", default=None)

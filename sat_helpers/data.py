@@ -293,7 +293,8 @@ def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: s
         return out_dir
     data = load_karpathy_json(karpathy_json)
     inputs = _inputs_digest(karpathy_json, image_dir, data["images"])
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+    for stale in [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"),
+                  *out_dir.parent.glob(f".{out_dir.name}.old-*")]:  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)

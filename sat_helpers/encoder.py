@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torchvision
 from numpy.lib.format import open_memmap
 from PIL import Image
 from torch import nn
@@ -63,14 +62,29 @@ class EncoderSpec:
 
 # ---------------------------------------------------------------- weights
 
+# torchvision's default ImageNet weights of each network, named without importing torchvision
+# (its import pulls in torch._dynamo: a minute on a slow CPU, for notebooks that never need it)
+TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V2", "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
+    "resnet152": "ResNet152_Weights.IMAGENET1K_V2", "vgg16": "VGG16_Weights.IMAGENET1K_V1",
+}
+
+
 def _torchvision_weights(name: str):
     """torchvision's default ImageNet weights enum member for a model name (no download)."""
-    enum_name = {"vgg16": "VGG16"}.get(name, name.replace("resnet", "ResNet")) + "_Weights"
-    return getattr(torchvision.models, enum_name).DEFAULT
+    import torchvision
+
+    enum_name, member = TORCHVISION_WEIGHTS[name].split(".")
+    weights = getattr(torchvision.models, enum_name)
+    assert weights.DEFAULT is weights[member], f"torchvision's default {enum_name} changed"
+    return weights[member]
 
 
 def _build_torchvision(name: str, pretrained: bool) -> nn.Module:
     """A torchvision classifier; with ``pretrained`` its weights or a WeightsUnavailableError."""
+    import torchvision
+
     model = getattr(torchvision.models, name)(weights=None)
     if not pretrained:
         return model
@@ -166,7 +180,7 @@ def _lite0_trunk(stages: int) -> Callable[[nn.Module], list[tuple[str, nn.Module
 
 
 def _resnet(name: str, channels: int) -> EncoderSpec:
-    return EncoderSpec(name, channels, 32, f"torchvision {_torchvision_weights(name)}",
+    return EncoderSpec(name, channels, 32, f"torchvision {TORCHVISION_WEIGHTS[name]}",
                        lambda p: _build_torchvision(name, p), _resnet_trunk,
                        fine_tune_blocks=3)  # layer2-4, as the seed's fine_tune(True)
 
@@ -176,7 +190,7 @@ _LITE0 = dict(weights=f"ImageNet .pth of the pip package {LITE0_PACKAGE}", build
 REGISTRY: dict[str, EncoderSpec] = {
     **{f"resnet{d}": _resnet(f"resnet{d}", c) for d, c in
        ((18, 512), (34, 512), (50, 2048), (101, 2048), (152, 2048))},
-    "vgg16": EncoderSpec("vgg16", 512, 16, f"torchvision {_torchvision_weights('vgg16')}",
+    "vgg16": EncoderSpec("vgg16", 512, 16, f"torchvision {TORCHVISION_WEIGHTS['vgg16']}",
                          lambda p: _build_torchvision("vgg16", p), _vgg_trunk),
     "efficientnet_lite0_s16": EncoderSpec("efficientnet_lite0_s16", 112, 16,
                                           trunk=_lite0_trunk(5), **_LITE0),
@@ -305,6 +319,8 @@ class Encoder(nn.Module):
 
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names, in index order (torchvision metadata, no download)."""
+    import torchvision
+
     return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
 
 

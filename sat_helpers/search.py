@@ -95,9 +95,8 @@ def greedy_search(decoder, features: Tensor, max_len: int, *, vocab) -> list[Cap
     _check_args(features, max_len)
     n_images, device = features.shape[0], features.device
     tokens = torch.zeros(n_images, max_len, dtype=torch.long, device=device)
-    scores = torch.zeros(n_images, device=device)
     n_emitted = torch.full((n_images,), max_len, dtype=torch.long)
-    alphas = None
+    alphas = scores = None
     with _decoding(decoder):
         state = decoder.init_state(features)
         forbidden = _forbidden(vocab, device)
@@ -106,8 +105,9 @@ def greedy_search(decoder, features: Tensor, max_len: int, *, vocab) -> list[Cap
         for t in range(max_len):
             log_probs, alpha, state = decoder.step(state, prev)
             best, prev = log_probs.index_fill(-1, forbidden, -math.inf).max(dim=-1)
-            if alphas is None:
+            if alphas is None:  # in the decoder's dtype
                 alphas = alpha.new_zeros(n_images, max_len, alpha.shape[-1])
+                scores = best.new_zeros(n_images)
             tokens[live, t], scores[live], alphas[live, t] = prev, scores[live] + best, alpha
             ended = prev == vocab.end_id
             if bool(ended.any()):

@@ -51,6 +51,7 @@ JSON_NAME = "dataset_shapes.json"
 GAP = 4  # minimum pixels between two objects' boxes
 JPEG_QUALITY = 90  # JPEG like the real datasets: PNG (zlib) is ~30x slower to write here
 COUNTS = ("no", "one", "two", "three")
+CAPTIONS = 5  # per image, each from a different template
 
 _POLYGONS = {
     "triangle": [(0.5, 0), (1, 1), (0, 1)],
@@ -181,8 +182,7 @@ def _counted(objects: list[dict], rng: np.random.Generator) -> str:
     return _listing(parts)
 
 
-def describe(objects: list[dict], rng: np.random.Generator, image_size: int,
-             n_captions: int = 5) -> list[str]:
+def describe(objects: list[dict], rng: np.random.Generator, image_size: int) -> list[str]:
     """Five different captions (raw text) of a scene, each from a different template."""
     order = [objects[i] for i in rng.permutation(len(objects))]
     nouns = [_noun(o, rng) for o in order]
@@ -205,7 +205,7 @@ def describe(objects: list[dict], rng: np.random.Generator, image_size: int,
     names = list(templates)
     chosen = ["relation"] if n >= 2 else []
     rest = [k for k in names if k not in chosen]
-    chosen += [rest[i] for i in rng.permutation(len(rest))[: n_captions - len(chosen)]]
+    chosen += [rest[i] for i in rng.permutation(len(rest))[: CAPTIONS - len(chosen)]]
     captions = [templates[k] for k in chosen]
     return [_sentence(captions[i]) for i in rng.permutation(len(captions))]
 

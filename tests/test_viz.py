@@ -155,7 +155,7 @@ def test_cli_errors_name_the_problem(checkpoint, tmp_path, capsys):
         ([sample()], tmp_path / "none.pt", "no checkpoint at"),
         ([sample()], garbage, "could not load checkpoint"),
         ([sample()], no_profile, "no 'profile' entry"),
-        ([sample()], wrong_vocab, "vocabulary has 7 entries"),
+        ([sample()], wrong_vocab, "vocabulary has 6 entries"),
     ]
     for images, path, message in cases:
         assert main(["caption", *images, "--checkpoint", str(path)]) == 1
