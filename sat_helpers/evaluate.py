@@ -126,7 +126,7 @@ def split_annotations(profile: Profile, split: str, batch_size: int, device: str
 
 def caption_split(decoder: AttentionDecoder, vocab: Vocab, profile: Profile, split: str = "test",
                   beam_size: int = 3, *, batch_size: int = 100, device: str | None = None,
-                  encoder: Encoder | None = None, desc: str | None = None,
+                  encoder: Encoder | None = None, length_penalty: float = 0.0,
                   ) -> tuple[list[Caption], list[dict]]:
     """Captions of every image of a split (beam 1 = greedy), decoded in chunks; and its meta."""
     if beam_size < 1:
@@ -138,8 +138,8 @@ def caption_split(decoder: AttentionDecoder, vocab: Vocab, profile: Profile, spl
     device = device or str(next(decoder.parameters()).device)
     meta, chunks = split_annotations(profile, split, batch_size, device, encoder)
     captions: list[Caption] = []
-    with tqdm(total=len(meta), desc=desc or f"captioning {split} (beam {beam_size})",
-              unit="img", leave=False) as bar:
+    with tqdm(total=len(meta), desc=f"captioning {split} (beam {beam_size})", unit="img",
+              leave=False) as bar:
         for feats in chunks:
             if feats.shape[-1] != decoder.config["enc_dim"]:
                 raise ValueError(
@@ -150,7 +150,7 @@ def caption_split(decoder: AttentionDecoder, vocab: Vocab, profile: Profile, spl
                 captions += greedy_search(decoder, feats, profile.decode_max_len, vocab=vocab)
             else:
                 captions += beam_search(decoder, feats, beam_size, profile.decode_max_len,
-                                        vocab=vocab)
+                                        vocab=vocab, length_penalty=length_penalty)
             bar.update(len(feats))
     return captions, meta
 
@@ -211,20 +211,10 @@ def _add_pointing(table: pd.DataFrame, profile: Profile) -> dict:
     return {POINTING_NAMES.get(k, k): v for k, v in pointing_summary(records).items()}
 
 
-def evaluate(checkpoint_or_model: str | Path | tuple[AttentionDecoder, Vocab],
-             split: str = "test", beam_size: int = 3, *, profile: Profile | None = None,
-             batch_size: int = 100, device: str | None = None, coco: bool = True,
-             meteor: bool = True, encoder: Encoder | None = None,
-             ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Caption every image of ``split`` and score it: (one row per image, corpus metrics).
-
-    ``checkpoint_or_model``: a best.pt/last.pt path (its stored profile is used unless
-    ``profile`` is given) or a ``(decoder, vocab)`` pair with ``profile``. ``coco=False``
-    skips the Java toolkit (BLEU only); ``meteor=False`` only METEOR, whose Java start costs
-    tens of seconds. Table columns: id, filename, hypothesis, references, bleu1, bleu4
-    (sentence level), log_prob, caption (the search's Caption: words and attention maps) and,
-    on Shapes, objects (boxes in the model's pixels), named_objects, phrase_hits, shape_hits.
-    """
+def _resolve(checkpoint_or_model: str | Path | tuple[AttentionDecoder, Vocab],
+             profile: Profile | None, device: str | None, encoder: Encoder | None,
+             ) -> tuple[AttentionDecoder, Vocab, Profile, Encoder | None]:
+    """(decoder, vocab, profile, fine-tuned encoder or None) from a checkpoint path or a pair."""
     if isinstance(checkpoint_or_model, (str, Path)):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         decoder, vocab, stored, ckpt = load_model(checkpoint_or_model, device)
@@ -233,7 +223,7 @@ def evaluate(checkpoint_or_model: str | Path | tuple[AttentionDecoder, Vocab],
             encoder = fine_tuned_encoder(ckpt, profile, device)
         if ckpt.get("dataset_hash") not in (None, dataset_hash(ensure_dataset(profile))):
             warnings.warn(f"The {profile.name!r} dataset was rebuilt after this model was "
-                          "trained: the scores are on the current split.", stacklevel=2)
+                          "trained: the scores are on the current split.", stacklevel=3)
     else:
         decoder, vocab = checkpoint_or_model
         if profile is None:
@@ -242,8 +232,28 @@ def evaluate(checkpoint_or_model: str | Path | tuple[AttentionDecoder, Vocab],
     if profile.fine_tune and encoder is None:
         raise ValueError(f"Profile {profile.name!r} fine-tunes the encoder: pass encoder= (the "
                          "fine-tuned Encoder) or evaluate the checkpoint path instead.")
+    return decoder, vocab, profile, encoder
+
+
+def evaluate(checkpoint_or_model: str | Path | tuple[AttentionDecoder, Vocab],
+             split: str = "test", beam_size: int = 3, *, profile: Profile | None = None,
+             batch_size: int = 100, device: str | None = None, coco: bool = True,
+             meteor: bool = True, encoder: Encoder | None = None, length_penalty: float = 0.0,
+             ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Caption every image of ``split`` and score it: (one row per image, corpus metrics).
+
+    ``checkpoint_or_model``: a best.pt/last.pt path (its stored profile is used unless
+    ``profile`` is given) or a ``(decoder, vocab)`` pair with ``profile``. ``coco=False``
+    skips the Java toolkit (BLEU only); ``meteor=False`` only METEOR, whose Java start costs
+    tens of seconds; ``length_penalty`` goes to ``beam_search`` (beam > 1). Table columns:
+    id, filename, hypothesis, references, bleu1, bleu4 (sentence level), log_prob, caption
+    (the search's Caption: words and attention maps) and, on Shapes, objects (boxes in the
+    model's pixels), named_objects, phrase_hits, shape_hits.
+    """
+    decoder, vocab, profile, encoder = _resolve(checkpoint_or_model, profile, device, encoder)
     captions, meta = caption_split(decoder, vocab, profile, split, beam_size,
-                                   batch_size=batch_size, device=device, encoder=encoder)
+                                   batch_size=batch_size, device=device, encoder=encoder,
+                                   length_penalty=length_penalty)
     table = _image_rows(captions, meta, profile)
     metrics = {"images": len(table),
                **_corpus_scores([m["references"] for m in meta], [c.words for c in captions],

@@ -38,8 +38,16 @@ def checkpoint(root, monkeypatch):
     return root[1]
 
 
-def test_evaluate_a_checkpoint(checkpoint):
-    table, metrics = evaluate(checkpoint, "test", beam_size=2, batch_size=5, meteor=METEOR)
+@pytest.fixture(scope="module")
+def evaluated(root):
+    """evaluate() of the tiny run on its test split, beam 2, in chunks of 5 images."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAT_DATA", str(root[0]))
+        return evaluate(root[1], "test", beam_size=2, batch_size=5, meteor=METEOR)
+
+
+def test_evaluate_a_checkpoint(checkpoint, evaluated):
+    table, metrics = evaluated
     profile = get_profile("quick", **TINY)
     meta = json.loads((ensure_dataset(profile) / "test_meta.json").read_text())
     assert list(table["id"]) == [m["id"] for m in meta] and metrics["images"] == len(meta)
@@ -85,11 +93,11 @@ def test_a_model_pair_needs_its_profile_and_bleu_survives_a_missing_toolkit(
     assert list(table["hypothesis"]) == [" ".join(c.words) for c in greedy]
 
 
-def test_cli_prints_the_table_and_the_metrics(checkpoint, capsys):
+def test_cli_prints_the_table_and_the_metrics(checkpoint, evaluated, capsys):
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--beam", "2", "--rows", "3",
                  "--no-meteor"]) == 0
     out = capsys.readouterr().out
-    table, _ = evaluate(checkpoint, "test", beam_size=2, coco=False)
+    table, _ = evaluated
     assert "hypothesis" in out and table["hypothesis"][0][:40] in out
     for key in ("BLEU-4", "ROUGE-L", "CIDEr", "pointing_noun_phrase"):
         assert key in out
