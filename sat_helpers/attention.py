@@ -19,7 +19,8 @@ from torch import Tensor, nn
 def _check_shapes(features: Tensor, projected: Tensor, query: Tensor) -> None:
     """Raise a ValueError naming the tensor whose shape does not fit the others."""
     if features.dim() != 3:
-        raise ValueError(f"features must be (batch, positions, enc_dim), got {tuple(features.shape)}")
+        raise ValueError(
+            f"features must be (batch, positions, enc_dim), got {tuple(features.shape)}")
     if projected.shape[:2] != features.shape[:2]:
         raise ValueError(
             f"projected {tuple(projected.shape)} does not match features {tuple(features.shape)}: "
@@ -69,7 +70,8 @@ class SoftAttention(nn.Module):
         scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
         if mask is not None:  # (B, P): False where a position is padding
             if not bool(mask.any(dim=-1).all()):
-                raise ValueError("mask leaves an image with no position to attend to (a row of all False)")
+                raise ValueError(
+                    "mask leaves an image with no position to attend to (a row of all False)")
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         return scores.squeeze(1) if squeeze else scores  # (B, k, P)
 

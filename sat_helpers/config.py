@@ -129,12 +129,13 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     profile = PROFILES[name]
     unknown = set(overrides) - set(profile.to_dict())
     if unknown:
-        raise ValueError(f"Unknown profile field(s) {sorted(unknown)}; see sat_helpers.config.Profile.")
+        raise ValueError(
+            f"Unknown profile field(s) {sorted(unknown)}; see sat_helpers.config.Profile.")
     return replace(profile, **overrides)
 
 
 def data_root() -> Path:
-    """Where generated data lives: ``$SAT_DATA``, else ``data/`` of a checkout, else a user cache."""
+    """Where generated data lives: ``$SAT_DATA``, else a checkout's ``data/``, else a user cache."""
     if "SAT_DATA" in os.environ:
         root = Path(os.environ["SAT_DATA"])
     else:

@@ -524,9 +524,9 @@ class FeatureDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int):
         cpi = self.captions_per_image
         if self.split == "train":
-            return self.feature(k // cpi), self.captions[k], int(self.lengths[k])
-        return self.feature(k), self.captions[k * cpi], int(self.lengths[k * cpi]), \
-            self.captions[k * cpi:(k + 1) * cpi]
+            return self.feature(k // cpi), self.captions[k].clone(), int(self.lengths[k])
+        return self.feature(k), self.captions[k * cpi].clone(), int(self.lengths[k * cpi]), \
+            self.captions[k * cpi:(k + 1) * cpi].clone()  # clones: views ship whole storages
 
 
 def sample_images() -> dict[str, Path]:

@@ -298,7 +298,8 @@ def test_doubly_stochastic_penalty():
     stuck = torch.zeros(B, P, P)
     stuck[:, :, 0] = 1.0
     expected = (1 - P) ** 2 + (P - 1)
-    assert doubly_stochastic_penalty(stuck, lengths, lam=0.5).item() == pytest.approx(0.5 * expected)
+    penalty = doubly_stochastic_penalty(stuck, lengths, lam=0.5).item()
+    assert penalty == pytest.approx(0.5 * expected)
     # padding steps, whatever their α, change nothing
     noise = torch.rand(B, 3, P).softmax(-1)
     padded = torch.cat([alphas, noise], dim=1)
