@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
         shapes_val_fraction=0.2,
         shapes_test_fraction=0.2,
         epochs=2,
-        train_minutes=0.5,
+        train_minutes=5.0,  # epochs=2 ends it; a time cut would make the run depend on load
         batch_size=16,
         embed_dim=32,
         att_dim=32,
