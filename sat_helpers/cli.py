@@ -37,9 +37,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _caption_fail(message: str) -> int:
-    """Print a `sat caption` error to stderr and return the exit status 1."""
-    print(f"sat caption: error: {message}", file=sys.stderr)
+def _fail(command: str, message: str) -> int:
+    """Print a `sat <command>` error to stderr and return the exit status 1."""
+    print(f"sat {command}: error: {message}", file=sys.stderr)
     return 1
 
 
@@ -68,37 +68,38 @@ def _caption(args: argparse.Namespace) -> int:
     from .train import load_checkpoint, run_dir
 
     if args.beam < 1:
-        return _caption_fail(f"--beam must be at least 1, got {args.beam}")
+        return _fail("caption", f"--beam must be at least 1, got {args.beam}")
     try:
         images = [_caption_open(path) for path in args.images]
     except ValueError as err:
-        return _caption_fail(str(err))
+        return _fail("caption", str(err))
     path = Path(args.checkpoint or run_dir(get_profile(args.profile), "soft") / "best.pt")
     if not path.is_file():
-        return _caption_fail(f"no checkpoint at {path}: train one with `sat train` or pass "
-                             "--checkpoint PATH")
+        return _fail("caption", f"no checkpoint at {path}: train one with `sat train` or "
+                     "pass --checkpoint PATH")
     try:
         decoder, vocab, ckpt = load_checkpoint(path)
         profile = Profile(**ckpt["profile"])
     except KeyError as err:
-        return _caption_fail(f"could not load checkpoint {path}: it has no {err} entry; is it "
-                             "a last.pt/best.pt written by `sat train`?")
+        return _fail("caption", f"could not load checkpoint {path}: it has no {err} entry; "
+                     "is it a last.pt/best.pt written by `sat train`?")
     except Exception as err:  # noqa: BLE001 - any failure to load is reported the same way
-        return _caption_fail(f"could not load checkpoint {path}: {err}")
+        return _fail("caption", f"could not load checkpoint {path}: {err}")
     if args.vocab:
         try:
             vocab = Vocab.load(args.vocab)
         except Exception as err:  # noqa: BLE001
-            return _caption_fail(f"could not load vocabulary {args.vocab}: {err}")
+            return _fail("caption", f"could not load vocabulary {args.vocab}: {err}")
     if len(vocab) != decoder.config["vocab_size"]:
-        return _caption_fail(
-            f"the vocabulary has {len(vocab)} entries but the model in {path} predicts "
+        return _fail(
+            "caption", f"the vocabulary has {len(vocab)} entries but the model in {path} predicts "
             f"{decoder.config['vocab_size']} words: use the vocabulary the model was trained "
             "with (the one stored in its checkpoint)")
     encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size).eval()
     if encoder.channels != decoder.config["enc_dim"]:
-        return _caption_fail(f"the checkpoint's encoder {profile.encoder} gives {encoder.channels}"
-                             f"-d annotations but its decoder expects {decoder.config['enc_dim']}")
+        return _fail("caption", f"the checkpoint's encoder {profile.encoder} gives "
+                     f"{encoder.channels}-d annotations but its decoder expects "
+                     f"{decoder.config['enc_dim']}")
     with torch.no_grad():
         feats = encoder(torch.stack([encoder.transform(image) for image in images]))
     captions = beam_search(decoder.eval(), feats, args.beam, args.max_len or
@@ -125,21 +126,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import TABLE_COLUMNS, evaluate
     from .train import run_dir
 
-    def fail(message: str) -> int:
-        print(f"sat evaluate: error: {message}", file=sys.stderr)
-        return 1
-
     if args.beam < 1:
-        return fail(f"--beam must be at least 1, got {args.beam}")
+        return _fail("evaluate", f"--beam must be at least 1, got {args.beam}")
     path = Path(args.checkpoint or run_dir(get_profile(args.profile), args.attention) / "best.pt")
     if not path.is_file():
-        return fail(f"no checkpoint at {path}: train one with `sat train` or pass "
+        return _fail("evaluate", f"no checkpoint at {path}: train one with `sat train` or pass "
                     "--checkpoint PATH")
     try:
         table, metrics = evaluate(path, args.split, args.beam, device=args.device,
                                   meteor=args.meteor)
     except (OSError, ValueError) as err:  # unloadable checkpoint, mismatched data: say which
-        return fail(str(err))
+        return _fail("evaluate", str(err))
     with pd.option_context("display.max_colwidth", 70, "display.width", 160):
         print(table[[c for c in TABLE_COLUMNS if c in table]].head(args.rows).to_string())
     print(f"\n{args.split} split, beam {args.beam}, {path}:")
