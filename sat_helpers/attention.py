@@ -152,13 +152,15 @@ class HardAttention(SoftAttention):
 
 
 def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, lam: float = 1.0) -> Tensor:
-    """λ Σ_i (1 − Σ_t α_ti)² (paper eq. 14), averaged over the batch, over real steps only.
+    """λ · mean_i (1 − Σ_t α_ti)² (paper eq. 14 over P positions), averaged over the batch.
 
     alphas (B, T, P); lengths (B,) = the number of real (non-padding) steps of each row (for
     the decoder's alphas, the caption lengths minus one). It asks every position to receive,
     over the whole caption, a total attention of one: look at every part of the image at some
-    point. (arctic-captions sums over the batch, averages over positions, and also counts
-    padding steps; here a padded step never adds to the total.)
+    point. Eq. 14 sums over the P positions; like the seed, this averages over them, so one λ
+    means the same at any grid size (summed over a 14×14 grid the term is ≈ 180 for a
+    ten-word caption, sixty times the cross-entropy, and training only flattens attention).
+    Padding steps never add to the totals.
     """
     if alphas.dim() != 3 or lengths.shape != alphas.shape[:1]:
         raise ValueError(
@@ -168,4 +170,4 @@ def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, lam: float = 1.0)
     steps = torch.arange(alphas.shape[1], device=alphas.device)
     real = (steps.unsqueeze(0) < lengths.to(alphas.device).unsqueeze(1)).to(alphas.dtype)
     total = (alphas * real.unsqueeze(-1)).sum(dim=1)  # (B, P): attention each position got
-    return lam * ((1.0 - total) ** 2).sum(dim=1).mean()
+    return lam * ((1.0 - total) ** 2).mean()

@@ -294,10 +294,10 @@ def test_doubly_stochastic_penalty():
     assert doubly_stochastic_penalty(alphas, lengths).item() == pytest.approx(0.0, abs=1e-6)
     uniform = torch.full((B, P, P), 1.0 / P)  # also doubly stochastic
     assert doubly_stochastic_penalty(uniform, lengths).item() == pytest.approx(0.0, abs=1e-6)
-    # all the attention on position 0 at every step: (1 - T)^2 + (P - 1) per image
+    # all the attention on position 0 at every step: ((1 - T)^2 + (P - 1)) / P per image
     stuck = torch.zeros(B, P, P)
     stuck[:, :, 0] = 1.0
-    expected = (1 - P) ** 2 + (P - 1)
+    expected = ((1 - P) ** 2 + (P - 1)) / P
     penalty = doubly_stochastic_penalty(stuck, lengths, lam=0.5).item()
     assert penalty == pytest.approx(0.5 * expected)
     # padding steps, whatever their α, change nothing
@@ -309,7 +309,7 @@ def test_doubly_stochastic_penalty():
     short = alphas.clone()
     short[1, 4:] = torch.rand(P - 4, P)
     lengths_short = torch.tensor([P, 4, P])
-    row1 = ((1 - alphas[1, :4].sum(0)) ** 2).sum()
+    row1 = ((1 - alphas[1, :4].sum(0)) ** 2).mean()
     got = doubly_stochastic_penalty(short, lengths_short)
     assert got.item() == pytest.approx(row1.item() / B)
 
