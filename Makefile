@@ -20,7 +20,7 @@ course: $(STAMP)  ## run the whole series on the Shapes data, offline
 # One thread per process: the tests and notebook kernels are tiny, and on a shared 2-core
 # machine OpenMP's spinning threads made them several times slower.
 test: $(STAMP)  ## pytest + nbval of every notebook on the quick profile
-	SAT_PROFILE=quick OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+	SAT_PROFILE=quick OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider --durations=40
 
 lint: $(STAMP)  ## ruff and the notebook checks
 	$(BIN)/ruff check .

@@ -72,12 +72,16 @@ TORCHVISION_WEIGHTS = {
 
 
 def _torchvision_weights(name: str):
-    """torchvision's default ImageNet weights enum member for a model name (no download)."""
+    """The pinned ImageNet weights enum member of ``TORCHVISION_WEIGHTS`` (no download)."""
     import torchvision
 
     enum_name, member = TORCHVISION_WEIGHTS[name].split(".")
     weights = getattr(torchvision.models, enum_name)
-    assert weights.DEFAULT is weights[member], f"torchvision's default {enum_name} changed"
+    if member not in weights.__members__:
+        raise WeightsUnavailableError(
+            f"torchvision {torchvision.__version__} has no {enum_name}.{member}, the weights "
+            f"the course uses for {name}; it has {sorted(weights.__members__)}. Install the "
+            "torchvision the README names (0.29), or change TORCHVISION_WEIGHTS.")
     return weights[member]
 
 
