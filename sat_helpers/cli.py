@@ -61,11 +61,12 @@ def _caption(args: argparse.Namespace) -> int:
     """Caption image files with a trained checkpoint: one line per image, optional figures."""
     import torch
 
-    from .config import Profile, get_profile
+    from .config import get_profile
     from .data import Vocab
     from .encoder import Encoder
+    from .evaluate import load_model
     from .search import beam_search
-    from .train import load_checkpoint, run_dir
+    from .train import run_dir
 
     if args.beam < 1:
         return _fail("caption", f"--beam must be at least 1, got {args.beam}")
@@ -74,17 +75,10 @@ def _caption(args: argparse.Namespace) -> int:
     except ValueError as err:
         return _fail("caption", str(err))
     path = Path(args.checkpoint or run_dir(get_profile(args.profile), "soft") / "best.pt")
-    if not path.is_file():
-        return _fail("caption", f"no checkpoint at {path}: train one with `sat train` or "
-                     "pass --checkpoint PATH")
     try:
-        decoder, vocab, ckpt = load_checkpoint(path)
-        profile = Profile(**ckpt["profile"])
-    except KeyError as err:
-        return _fail("caption", f"could not load checkpoint {path}: it has no {err} entry; "
-                     "is it a last.pt/best.pt written by `sat train`?")
-    except Exception as err:  # noqa: BLE001 - any failure to load is reported the same way
-        return _fail("caption", f"could not load checkpoint {path}: {err}")
+        decoder, vocab, profile, _ = load_model(path)
+    except (OSError, ValueError) as err:  # missing or unloadable checkpoint: say which
+        return _fail("caption", str(err))
     if args.vocab:
         try:
             vocab = Vocab.load(args.vocab)
@@ -129,9 +123,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.beam < 1:
         return _fail("evaluate", f"--beam must be at least 1, got {args.beam}")
     path = Path(args.checkpoint or run_dir(get_profile(args.profile), args.attention) / "best.pt")
-    if not path.is_file():
-        return _fail("evaluate", f"no checkpoint at {path}: train one with `sat train` or pass "
-                    "--checkpoint PATH")
     try:
         table, metrics = evaluate(path, args.split, args.beam, device=args.device,
                                   meteor=args.meteor)

@@ -69,12 +69,10 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[AttentionDecoder,
                                                                 dict]:
     """(decoder, vocabulary, profile, checkpoint dict) of a best.pt/last.pt written by training."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}: train one with `sat train` (or "
-                                "sat_helpers.train.train(profile)) or pass the path of a "
-                                "best.pt/last.pt.")
     try:
         decoder, vocab, ckpt = load_checkpoint(path, device)
+    except FileNotFoundError:
+        raise
     except KeyError as err:
         raise CheckpointError(f"Could not load checkpoint {path}: it has no {err} entry; is it "
                               "a best.pt/last.pt written by `sat train`?") from err

@@ -465,8 +465,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[AttentionDec
     """(decoder in eval mode, vocabulary, the checkpoint dict) from a last.pt/best.pt."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}; train one with sat_helpers.train."
-                                "train(profile) or `sat train`.")
+        raise FileNotFoundError(f"No checkpoint at {path}: train one with `sat train` (or "
+                                "sat_helpers.train.train(profile)), or pass the path of a "
+                                "best.pt/last.pt.")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     decoder = AttentionDecoder(**ckpt["decoder_config"])
     decoder.load_state_dict(ckpt["model"])

@@ -109,7 +109,7 @@ def test_cli_bad_checkpoint_says_what_is_wrong(checkpoint, tmp_path, capsys):
     no_profile = tmp_path / "no_profile.pt"
     ckpt = torch.load(checkpoint, weights_only=True)
     torch.save({k: v for k, v in ckpt.items() if k != "profile"}, no_profile)
-    cases = [(tmp_path / "none.pt", "no checkpoint at"),
+    cases = [(tmp_path / "none.pt", "No checkpoint at"),
              (garbage, "Could not load checkpoint"),
              (no_profile, "stores no profile")]
     for path, message in cases:

@@ -152,9 +152,9 @@ def test_cli_errors_name_the_problem(checkpoint, tmp_path, capsys):
     cases = [
         ([str(tmp_path / "missing.jpg")], checkpoint, "no such image file"),
         ([sample(), str(fake)], checkpoint, "cannot read it as an image"),
-        ([sample()], tmp_path / "none.pt", "no checkpoint at"),
-        ([sample()], garbage, "could not load checkpoint"),
-        ([sample()], no_profile, "no 'profile' entry"),
+        ([sample()], tmp_path / "none.pt", "No checkpoint at"),
+        ([sample()], garbage, "Could not load checkpoint"),
+        ([sample()], no_profile, "stores no profile"),
         ([sample()], wrong_vocab, "vocabulary has 6 entries"),
     ]
     for images, path, message in cases:
