@@ -7,7 +7,8 @@ concatenated [E y; β ẑ], and the output layer, on the batch sorted by length.
 ``SeedDecoder`` below is that formulation with the weights of an ``AttentionDecoder``, so
 both compute the same function: the benchmark first checks that they give the same loss and
 the same gradients, then times one training step (forward, loss, backward, Adam) of each, in
-a fresh process per variant so that its peak memory (``ru_maxrss``) is its own.
+a fresh process per variant so that its peak memory (``ru_maxrss``) is its own; the
+step's own peak is measured from a reset of Linux's peak mark just before it.
 
 Sizes (the seed's): batch 32, 14x14 = 196 positions, enc 2048, embed = att = dec 512,
 vocab 10 000, captions of 8-22 tokens. Two models: the seed's (vector gate β, output layer
@@ -170,6 +171,30 @@ def check_same(model: str) -> dict:
     return {"loss": loss_ours.item(), "loss_seed": loss_seed.item(), "max_rel_grad_diff": worst}
 
 
+def _proc_status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB (Linux), else None."""
+    try:
+        lines = Path("/proc/self/status").read_text().split("\n")
+    except OSError:
+        return None
+    return next(int(line.split()[1]) for line in lines if line.startswith(field + ":")) / 1024
+
+
+def current_rss_mib() -> float:
+    """Resident memory now, in MiB; on Linux also resets the peak mark (VmHWM) to it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux: the peak then counts from the process start
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _proc_status_mib("VmRSS")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory since ``current_rss_mib`` (Linux), else since the process start."""
+    peak = _proc_status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(model: str, variant: str, steps: int, threads: int) -> dict:
     """Time training steps of one variant in this (fresh) process; peak RSS in MiB."""
     torch.set_num_threads(threads)
@@ -185,14 +210,14 @@ def measure(model: str, variant: str, steps: int, threads: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = current_rss_mib()
     step()  # warm-up (and Adam's state)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     return {"seconds": statistics.median(times), "peak_rss_mib": peak,
             "rss_before_mib": before}
 
