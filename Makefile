@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 course: $(STAMP)  ## run the whole series on the Shapes data, offline
 	SAT_PROFILE=$(SAT_PROFILE) $(BIN)/sat course --out build
 
-# One thread per process: the tests and notebook kernels are tiny, and on a shared 2-core
-# machine OpenMP's spinning threads made them several times slower.
+# Two processes (pytest-xdist): the notebooks, in order, on one; the test files on the other
+# (conftest.py groups them). One thread each: the tests and notebook kernels are tiny, and on
+# a shared 2-core machine OpenMP's spinning threads made them several times slower.
 test: $(STAMP)  ## pytest + nbval of every notebook on the quick profile
-	SAT_PROFILE=quick OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider --durations=40
+	SAT_PROFILE=quick OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q notebooks tests --nbval-lax \
+		-p no:cacheprovider -n 2 --dist loadgroup --durations=30
 
 lint: $(STAMP)  ## ruff and the notebook checks
 	$(BIN)/ruff check .
