@@ -275,7 +275,7 @@ def test_backoff_doubles_between_retries(server, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- extract
 
-EVIL_ABS = f"/tmp/sat-evil-{uuid.uuid4().hex}"
+EVIL_ABS = f"/tmp/sat-evil-{uuid.uuid4().hex}"  # ids= keep test names the same in every process
 
 
 def _assert_refused(archive: Path, member: str, tmp_path: Path) -> None:
@@ -286,7 +286,8 @@ def _assert_refused(archive: Path, member: str, tmp_path: Path) -> None:
     assert not Path(EVIL_ABS).exists()
 
 
-@pytest.mark.parametrize("member", ["../evil", "ok/../../evil", EVIL_ABS, "..\\evil"])
+@pytest.mark.parametrize("member", ["../evil", "ok/../../evil", EVIL_ABS, "..\\evil"],
+                         ids=["parent", "nested-parent", "absolute", "backslash"])
 def test_zip_slip_is_refused(tmp_path, member):
     archive = tmp_path / "slip.zip"
     archive.write_bytes(zip_bytes({"fine.txt": b"ok", member: b"pwned"}))
@@ -303,7 +304,7 @@ def test_zip_symlink_is_refused(tmp_path):
     _assert_refused(archive, "link", tmp_path)
 
 
-@pytest.mark.parametrize("member", ["../evil", EVIL_ABS])
+@pytest.mark.parametrize("member", ["../evil", EVIL_ABS], ids=["parent", "absolute"])
 def test_tar_slip_is_refused(tmp_path, member):
     archive = write_tar(tmp_path / "slip.tar.gz", {"fine.txt": b"ok", member: b"pwned"})
     _assert_refused(archive, member, tmp_path)
