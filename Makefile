@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # uv fetches and unpacks in parallel and keeps a cache for the next .venv. On a slow, shared
 # 2-core machine pip took 22 min for PyTorch and 21 min for the rest; uv 13 min and 1.5 min.
-UV := $(BIN)/uv pip install -q --python $(BIN)/python
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on CI), every process would
+# otherwise compile torch's modules again at import.
+UV := $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 SAT_PROFILE ?= shapes
 export PYTHONHASHSEED := 0
 
