@@ -55,10 +55,24 @@ def per_sample_gradients(loss_fn, theta, features, W, n, g):
     rows = theta.detach().repeat(n, 1).requires_grad_()
     W = W.detach().clone().requires_grad_()
     captions, lengths = toy_batch(n)
-    profile = get_profile("quick", lam=0.0, entropy_weight=0.1)
+    profile = get_profile("quick", hard_lam=0.0, entropy_weight=0.1)
     loss, _ = loss_fn(toy_output(rows, features, W, g), captions, lengths, profile)
     loss.backward()
     return -n * rows.grad, -W.grad  # the loss is −(mean objective): ascent directions
+
+
+def test_hard_loss_uses_hard_lam_not_the_soft_penalty_weight():
+    """Sec. 4.1's objective has no doubly stochastic penalty: only ``hard_lam`` adds one."""
+    features, W, theta = toy_problem()
+    output = toy_output(theta.repeat(4, 1), features, W, torch.Generator().manual_seed(0))
+    captions, lengths = toy_batch(4)
+
+    def penalty(**fields):
+        loss_fn = HardAttentionLoss(get_profile("quick"))
+        return loss_fn(output, captions, lengths, get_profile("quick", **fields))[1]["penalty"]
+
+    assert penalty(lam=1.0, hard_lam=0.0) == 0.0
+    assert penalty(lam=0.0, hard_lam=1.0) > 0.0
 
 
 def test_estimator_is_unbiased_for_the_exact_gradient():
@@ -103,7 +117,7 @@ def test_estimator_ascends_to_the_known_optimum():
     loss_fn = HardAttentionLoss(get_profile("quick"))
     g = torch.Generator().manual_seed(4)
     captions, lengths = toy_batch(32)
-    profile = get_profile("quick", lam=0.0)
+    profile = get_profile("quick", hard_lam=0.0)
     for _ in range(150):
         loss, _ = loss_fn(toy_output(theta.expand(32, P), features, W, g), captions, lengths,
                           profile)
@@ -115,7 +129,7 @@ def test_estimator_ascends_to_the_known_optimum():
 
 
 def test_reported_loss_and_the_mixture():
-    profile = get_profile("quick", lam=0.0, entropy_weight=0.1)
+    profile = get_profile("quick", hard_lam=0.0, entropy_weight=0.1)
     features, W, theta = toy_problem()
     loss_fn = HardAttentionLoss(profile)
     captions, lengths = toy_batch(8)
@@ -180,7 +194,7 @@ def test_hard_training_lowers_the_loss(tiny, tmp_path):
         trainer.optimizer.step()
     assert eval_loss() < 0.8 * start and 0 < sum(modes) < 30  # both kinds of minibatch ran
     # a sampled minibatch teaches the attention MLP through the REINFORCE term alone
-    no_other = replace(trainer.profile, lam=0.0, entropy_weight=0.0)
+    no_other = replace(trainer.profile, hard_lam=0.0, entropy_weight=0.0)
     model.train()
     model.attention.expected = False
     loss, parts = loss_fn(model(features, captions, lengths), captions, lengths, no_other)
