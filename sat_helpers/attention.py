@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+_BLOCK_ELEMENTS = 1 << 19  # floats per block of scores computed without autograd (2 MB)
+
 
 def _check_shapes(features: Tensor, projected: Tensor, query: Tensor) -> None:
     """Raise a ValueError naming the tensor whose shape does not fit the others."""
@@ -67,13 +69,29 @@ class SoftAttention(nn.Module):
         squeeze = query.dim() == 2
         if squeeze:
             query = query.unsqueeze(1)  # (B, 1, att): one row per image
-        scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
+        if torch.is_grad_enabled():
+            scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
+        else:
+            scores = self._scores_in_blocks(projected, query)
         if mask is not None:  # (B, P): False where a position is padding
             if not bool(mask.any(dim=-1).all()):
                 raise ValueError(
                     "mask leaves an image with no position to attend to (a row of all False)")
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         return scores.squeeze(1) if squeeze else scores  # (B, k, P)
+
+    def _scores_in_blocks(self, projected: Tensor, query: Tensor) -> Tensor:
+        """The same (B, k, P) scores, a few images at a time, when no gradient is needed.
+
+        The (B, k, P, att) tanh input of a whole batch of beams is tens of MB; in blocks of
+        about 2 MB it stays in the CPU's cache, which made beam search at the seed's sizes
+        about twice as fast at this step (the numbers are identical).
+        """
+        per_image = query.shape[1] * projected.shape[1] * projected.shape[2]
+        step = max(1, _BLOCK_ELEMENTS // per_image)
+        blocks = [self.w((projected[i:i + step].unsqueeze(1) + query[i:i + step].unsqueeze(2))
+                         .tanh_()).squeeze(-1) for i in range(0, projected.shape[0], step)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
 
     def weights(self, projected: Tensor, query: Tensor, mask: Tensor | None = None) -> Tensor:
         """α = softmax over positions of the scores (eq. 5), from W_a a + b and W_h h."""
