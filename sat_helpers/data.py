@@ -294,8 +294,9 @@ def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: s
     data = load_karpathy_json(karpathy_json)
     inputs = _inputs_digest(karpathy_json, image_dir, data["images"])
     for stale in [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"),
-                  *out_dir.parent.glob(f".{out_dir.name}.old-*")]:  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+                  *out_dir.parent.glob(f".{out_dir.name}.old-*")]:
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed run, not a live one
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     tmp.mkdir(parents=True)
     try:
@@ -312,6 +313,17 @@ def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: s
             or report.bad_images:
         print(f"prepare_dataset({out_dir.name}): {report.summary()}")
     return out_dir
+
+
+def _pid_alive(pid: str) -> bool:
+    """True when ``pid`` names a running process (another build may be writing its folder)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

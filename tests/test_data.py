@@ -1,6 +1,9 @@
 """Dataset preparation: tokens, vocabulary, prepare_dataset's outputs, policies and bad input."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -233,12 +236,17 @@ def test_interrupted_build_leaves_nothing_trusted(toy, monkeypatch):
     assert np.load(out / "val_captions.npy").shape[1] == 14
 
 
-def test_stale_temporary_folder_is_cleaned(toy):
+def test_stale_temporary_folder_is_cleaned_but_not_a_live_build(toy):
+    """A killed run's folder goes; one a running build is still writing stays."""
     json_path, image_dir, out = toy
-    stale = out.parent / f".{out.name}.tmp-99999"
-    (stale / "junk").mkdir(parents=True)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    stale = out.parent / f".{out.name}.tmp-{finished.stdout.strip()}"  # its process has ended
+    live = out.parent / f".{out.name}.tmp-{os.getppid()}"  # a running process
+    for folder in (stale, live):
+        (folder / "junk").mkdir(parents=True)
     prepare_dataset(json_path, image_dir, out, **PARAMS)
-    assert not stale.exists()
+    assert not stale.exists() and (live / "junk").is_dir()
 
 
 @pytest.mark.parametrize("kind", ["truncated", "zero-byte", "not-an-image", "missing"])
