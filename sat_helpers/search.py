@@ -182,8 +182,9 @@ def beam_search(
         for t in range(1, max_len + 1):  # t = tokens emitted after this step
             log_probs, alpha, state = decoder.step(state, prev)  # (b, k, V), (b, k, P)
             vocab_size = log_probs.shape[-1]
-            log_probs = log_probs.index_fill(-1, forbidden, -math.inf)
-            cand = (scores.unsqueeze(-1) + log_probs).flatten(1)  # (b, k·V)
+            # in place: a fresh (b, k, V) tensor per step costs more than the arithmetic
+            cand = log_probs.index_fill_(-1, forbidden, -math.inf).add_(scores.unsqueeze(-1))
+            cand = cand.flatten(1)  # (b, k·V): summed log-probability of every extension
             top_scores, top_ids = cand.topk(min(2 * k, cand.shape[1]), dim=1)  # best first
             beam, token = top_ids // vocab_size, top_ids % vocab_size
             maps = alpha.unsqueeze(2) if maps is None else torch.cat([maps, alpha.unsqueeze(2)], 2)
