@@ -5,10 +5,18 @@ One decoding step is defined once, in :meth:`AttentionDecoder._advance`; teacher
 What does not depend on the previous step is moved out of the time loop: the projection of
 the annotation vectors (once per image), the embedding half of the LSTM input (for all words
 at once), and the output layer (once, on every live step together).
+
+Decoding on the CPU (``init_state`` without autograd, float32) uses the step's weights
+re-laid out once for oneDNN, carried in :attr:`DecoderState.weights`. A decoding step has
+few rows (k beams of a few images), and for few rows torch's default float32 kernel (MKL)
+is slow on some CPUs: on the AMD EPYC we measure on, the 10 000-word output layer took
+2.8 ms for 5 rows and 0.3 ms packed (``benchmarks/bench_search.py`` shows both).
+Set ``sat_helpers.decoder.PACK_WEIGHTS = False`` to decode with the plain kernels.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -16,6 +24,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import HardAttention, SoftAttention
+
+PACK_WEIGHTS = True  # decode on the CPU with weights packed for oneDNN (module docstring)
+Weights = dict[str, tuple[Tensor, Tensor | None]]  # (weight, bias) of each linear map of a step
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x W^T + b: oneDNN's kernel for a weight packed by :func:`_pack`, else ``F.linear``."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def _pack(weights: Weights) -> Weights:
+    """The same maps with each weight re-laid out for oneDNN (an opaque CPU tensor)."""
+    return {name: (torch.ops.mkldnn._reorder_linear_weight(w.contiguous()), b)
+            for name, (w, b) in weights.items()}
+
+
+@functools.cache
+def _onednn_works() -> bool:
+    """Whether this torch build can pack a weight and run oneDNN's linear (checked once)."""
+    try:
+        packed = _pack({"probe": (torch.ones(2, 3), None)})["probe"]
+        return bool(torch.equal(_linear(torch.ones(1, 3), *packed), torch.full((1, 2), 3.0)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 class DecoderOutput(NamedTuple):
@@ -34,6 +68,7 @@ class DecoderState(NamedTuple):
     c: Tensor
     features: Tensor  # (B, P, E), shared by the k beams of an image
     projected: Tensor  # (B, P, A) = W_a a + b, computed once per image
+    weights: Weights | None = None  # the step's weights packed for CPU decoding, else None
 
     def expand(self, k: int) -> DecoderState:
         """k copies of each image's LSTM state, (B, D) -> (B, k, D); annotations stay shared."""
@@ -100,44 +135,74 @@ class AttentionDecoder(nn.Module):
         bias = torch.cat([att.new_zeros(att.shape[0]), self.f_beta.bias, hh.new_zeros(hh.shape[0])])
         return weight, bias
 
-    def _advance(self, h, c, emb_gates, features, projected, fused):
+    def _weights(self) -> Weights:
+        """(weight, bias) of every linear map of a step; the three maps of h_{t-1} fused as "h"."""
+        weights = {
+            "h": self._fused_h_projection(),
+            "lstm_emb": (self.lstm_emb.weight, self.lstm_emb.bias),
+            "lstm_ctx": (self.lstm_ctx.weight, None),
+            "L_o": (self.L_o.weight, self.L_o.bias),
+        }
+        if hasattr(self, "L_h"):
+            weights |= {"L_h": (self.L_h.weight, self.L_h.bias), "L_z": (self.L_z.weight, None)}
+        return weights
+
+    def _packed_weights(self, features: Tensor) -> Weights | None:
+        """The step's weights packed for oneDNN when decoding float32 on the CPU, else None."""
+        decoding_on_cpu = (
+            PACK_WEIGHTS and not torch.is_grad_enabled() and features.device.type == "cpu"
+            and features.dtype == self.L_o.weight.dtype == torch.float32
+        )
+        return _pack(self._weights()) if decoding_on_cpu and _onednn_works() else None
+
+    def _advance(self, h, c, emb_gates, features, projected, weights: Weights):
         """h_{t-1}, c_{t-1} -> h_t, c_t, the gated context β_t ẑ_t, α_t (+ hard-attention terms)."""
-        query, gate_logit, hh = F.linear(h, *fused).split(
+        query, gate_logit, hh = _linear(h, *weights["h"]).split(
             [self.config["att_dim"], self.gate_dim, self.lstm_hh.out_features], -1
         )
         attended = self.attention.attend(features, projected, query)
         context, alpha = attended[0], attended[1]
         if self.gate_dim:
             context = torch.sigmoid(gate_logit) * context  # β_t ẑ_t
-        gates = emb_gates + hh + self.lstm_ctx(context)  # eq. 1: T_{D+m+n,n} [E y; h; ẑ]
+        # eq. 1: T_{D+m+n,n} [E y; h; ẑ], as three maps
+        gates = emb_gates + hh + _linear(context, *weights["lstm_ctx"])
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # eq. 2
         h = torch.sigmoid(o) * torch.tanh(c)  # eq. 3
         extra = attended[2:] if len(attended) == 4 else (None, None)
         return h, c, context, alpha, *extra
 
-    def _output(self, emb: Tensor, h: Tensor, context: Tensor) -> Tensor:
+    def _output(self, emb: Tensor, h: Tensor, context: Tensor, weights: Weights) -> Tensor:
         """Logits of the next word: L_o(E y_{t-1} + L_h h_t + L_z ẑ_t) (eq. 7), or L_o(h_t)."""
-        if hasattr(self, "L_h"):
-            return self.L_o(self.dropout(torch.tanh(emb + self.L_h(h) + self.L_z(context))))
-        return self.L_o(self.dropout(h))
+        if "L_h" in weights:
+            h = torch.tanh(emb + _linear(h, *weights["L_h"]) + _linear(context, *weights["L_z"]))
+        return _linear(self.dropout(h), *weights["L_o"])
+
+    def _initial(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h_0 = tanh(f_init,h(mean a)), c_0 likewise, and W_a a + b for every position."""
+        mean = features.mean(dim=1)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), \
+            self.attention.project(features)
 
     # -- public API -------------------------------------------------------------------------
     def init_state(self, features: Tensor) -> DecoderState:
-        """h_0, c_0 from the mean annotation vector; the annotations' projection, once."""
-        mean = features.mean(dim=1)
-        h = torch.tanh(self.init_h(mean))
-        c = torch.tanh(self.init_c(mean))
-        return DecoderState(h, c, features, self.attention.project(features))
+        """h_0, c_0 from the mean annotation vector; the annotations' projection, once.
+
+        Without autograd, on the CPU, the state also carries the step's packed weights.
+        """
+        h, c, projected = self._initial(features)
+        return DecoderState(h, c, features, projected, self._packed_weights(features))
 
     def step(self, state: DecoderState, prev_tokens: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
         """One word: log p(y_t | y_<t, a) (..., V), α_t (..., P) and the next state."""
+        packed = state.weights is not None and not torch.is_grad_enabled()
+        weights = state.weights if packed else self._weights()
         emb = self.embedding(prev_tokens)
         h, c, context, alpha, *_ = self._advance(
-            state.h, state.c, self.lstm_emb(emb), state.features, state.projected,
-            self._fused_h_projection(),
+            state.h, state.c, _linear(emb, *weights["lstm_emb"]), state.features,
+            state.projected, weights,
         )
-        logits = self._output(emb, h, context)
+        logits = self._output(emb, h, context, weights)
         log_probs = logits.log_softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         return log_probs, alpha, state._replace(h=h, c=c)
 
@@ -155,21 +220,21 @@ class AttentionDecoder(nn.Module):
         order = torch.argsort(steps, descending=True, stable=True)
         live = [int((steps > t).sum()) for t in range(n_steps)]  # rows live at step t
         order_dev = order.to(features.device)
-        features = features.index_select(0, order_dev)
+        features = features[order_dev]  # indexing copies ~3x faster than index_select on the CPU
         emb = self.embedding(captions.index_select(0, order_dev)[:, :n_steps])  # (B, T-1, m)
-        emb_gates = self.lstm_emb(emb)  # embedding half of every LSTM input, at once
-        h, c, _, projected = self.init_state(features)
-        fused = self._fused_h_projection()
+        weights = self._weights()
+        emb_gates = _linear(emb, *weights["lstm_emb"])  # embedding half of all LSTM inputs, at once
+        h, c, projected = self._initial(features)
         outs = []
         for t, n in enumerate(live):
             h, c, *rest = self._advance(
-                h[:n], c[:n], emb_gates[:n, t], features[:n], projected[:n], fused
+                h[:n], c[:n], emb_gates[:n, t], features[:n], projected[:n], weights
             )
             outs.append((h, *rest))
         hs, contexts, alphas, log_ps, ents = zip(*outs, strict=True)
         rows = torch.cat([torch.arange(n) for n in live]).to(features.device)
         cols = torch.cat([torch.full((n,), t) for t, n in enumerate(live)]).to(features.device)
-        logits = self._output(emb[rows, cols], torch.cat(hs), torch.cat(contexts))
+        logits = self._output(emb[rows, cols], torch.cat(hs), torch.cat(contexts), weights)
         where = (order_dev[rows], cols)
 
         def unpack(packed: Tensor) -> Tensor:

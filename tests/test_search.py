@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from sat_helpers import decoder as decoder_module
 from sat_helpers.data import Vocab
 from sat_helpers.decoder import AttentionDecoder
 from sat_helpers.search import beam_search, greedy_search, length_normalised
@@ -96,6 +97,36 @@ def test_batched_equals_one_at_a_time(beam_size):
     assert [c.tokens for c in greedy] == [
         greedy_search(dec, feats[i : i + 1], 7, vocab=vocab)[0].tokens for i in range(len(feats))
     ]
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeypatch):
+    torch.manual_seed(1)  # picked so that images end after 1, 2, 3, 4 or 6 words, or never
+    vocab = Vocab([f"w{i}" for i in range(20)])
+    dec = AttentionDecoder(len(vocab), 16, embed_dim=8, dec_dim=16, att_dim=8)
+    with torch.no_grad():
+        dec.L_o.weight.mul_(4.0)
+        dec.L_o.bias[vocab.end_id] += 1.0
+    feats = torch.randn(12, P, 16) * torch.linspace(0.5, 3.0, 12).view(12, 1, 1)
+    before = feats.clone()
+
+    def run(images):
+        if search == "greedy":
+            return greedy_search(dec, images, 10, vocab=vocab)
+        return [c for hyps in beam_search(dec, images, 3, 10, vocab=vocab, return_all=True)
+                for c in hyps]
+
+    packed = run(feats)
+    monkeypatch.setattr(decoder_module, "PACK_WEIGHTS", False)
+    plain = run(feats)
+    assert torch.equal(feats, before)  # dropping finished images never writes the caller's tensor
+    assert len({len(c.tokens) for c in plain if c.ended}) >= 3  # they end at different steps
+    alone = [c for i in range(len(feats)) for c in run(feats[i : i + 1])]
+    assert [c.tokens for c in alone] == [c.tokens for c in plain]  # the dropping is right
+    assert [c.tokens for c in packed] == [c.tokens for c in plain]
+    assert [c.score for c in packed] == pytest.approx([c.score for c in plain], abs=1e-4)
+    assert all(torch.allclose(a.alphas, b.alphas, atol=1e-5)
+               for a, b in zip(packed, plain, strict=True))
 
 
 @pytest.mark.parametrize("end_bias", [0.0, -1.5, -3.0])

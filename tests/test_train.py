@@ -63,7 +63,7 @@ def test_loss_decreases_on_a_batch(tiny, tmp_path):
         trainer.optimizer.zero_grad()
         loss.backward()
         trainer.optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
 
 
