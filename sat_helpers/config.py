@@ -34,6 +34,7 @@ class Profile:
     min_word_freq: int = 1
     max_len: int = 20
     captions_per_image: int = 5
+    data_seed: int = 0  # picks the target captions; apart from `seed`: other seeds share the data
     # encoder
     encoder: str = "efficientnet_lite0_s16"
     grid: int = 14

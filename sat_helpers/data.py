@@ -509,7 +509,7 @@ def ensure_dataset(profile: Profile) -> Path:
     karpathy_json, image_dir = ensure_raw_dataset(profile)
     return prepare_dataset(karpathy_json, image_dir, data_root() / "prepared" / profile.name,
                            profile.image_size, profile.min_word_freq, profile.max_len,
-                           profile.captions_per_image, profile.seed,
+                           profile.captions_per_image, profile.data_seed,
                            on_bad_image="error" if profile.dataset == "shapes" else "skip")
 
 

@@ -1,5 +1,6 @@
 """Dataset preparation: tokens, vocabulary, prepare_dataset's outputs, policies and bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -419,3 +420,8 @@ def test_ensure_dataset_generates_prepares_and_reuses(tmp_path, monkeypatch):
     before = files_state(out), (raw / "dataset_shapes.json").stat().st_mtime_ns
     assert data.ensure_dataset(profile) == out
     assert (files_state(out), (raw / "dataset_shapes.json").stat().st_mtime_ns) == before
+    # another training seed reuses the prepared data (and so the features); another data seed not
+    assert data.ensure_dataset(dataclasses.replace(profile, seed=7)) == out
+    assert (files_state(out), (raw / "dataset_shapes.json").stat().st_mtime_ns) == before
+    data.ensure_dataset(dataclasses.replace(profile, data_seed=7))
+    assert files_state(out) != before[0]
