@@ -169,7 +169,7 @@ def main() -> None:
         f"random weights, fastest of {args.repeats} runs "
         f"(<end> bias {args.end_bias}). Caption lengths {min(lengths)}-{max(lengths)} words "
         f"(mean {sum(lengths) / len(lengths):.1f}, {sum(c.ended for c in batched)} of "
-        f"{len(batched)} ended before max_len); both searches return the same captions "
+        f"{len(batched)} ended before max_len); all three searches return the same captions "
         f"on every image.\n\n"
         f"{markdown(table)}\n\n"
         f"**Speed-up: {ratio:.1f}x** images/s (bar: >= 10x); batching alone, with the "
