@@ -48,7 +48,7 @@ def _onednn_works() -> bool:
     try:
         packed = _pack({"probe": (torch.ones(2, 3), None)})["probe"]
         return bool(torch.equal(_linear(torch.ones(1, 3), *packed), torch.full((1, 2), 3.0)))
-    except (AttributeError, RuntimeError, NotImplementedError):
+    except Exception:  # whatever the failure, decoding falls back to the plain kernels
         return False
 
 
