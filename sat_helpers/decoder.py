@@ -181,8 +181,8 @@ class AttentionDecoder(nn.Module):
     def _initial(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h_0 = tanh(f_init,h(mean a)), c_0 likewise, and W_a a + b for every position."""
         mean = features.mean(dim=1)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), \
-            self.attention.project(features)
+        h, c = torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        return h, c, self.attention.project(features)
 
     # -- public API -------------------------------------------------------------------------
     def init_state(self, features: Tensor) -> DecoderState:
