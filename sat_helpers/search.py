@@ -75,14 +75,15 @@ def _forbidden(vocab, device: torch.device) -> Tensor:
     return torch.tensor([vocab.pad_id, vocab.start_id, vocab.unk_id], device=device)
 
 
-def _keep_images(state, rows: Tensor, copy: bool):
+def _keep_images(state, rows: Tensor, caller_features: Tensor):
     """The decoder state of the images ``rows`` (ascending) only.
 
     The annotations and their projection take ~2 MB an image, and a fresh copy's time goes
     mostly to page faults (10-50 ms for 23 images on our host), so once the search has its
-    own copy (``copy`` False: not the caller's features) it moves the kept images forward.
+    own copies (never the caller's tensor, and two distinct ones) it moves the kept images
+    forward in them instead.
     """
-    if copy:
+    if state.features is caller_features or state.projected is state.features:
         features, projected = state.features[rows], state.projected[rows]
     else:
         kept = rows.tolist()
@@ -131,9 +132,7 @@ def greedy_search(decoder, features: Tensor, max_len: int, *, vocab) -> list[Cap
             if bool(ended.any()):
                 n_emitted[live[ended].cpu()] = t + 1
                 keep = (~ended).nonzero().squeeze(1)
-                copy = state.features is features  # never write the caller's tensor
-                live, prev = live[keep], prev[keep]
-                state = _keep_images(state, keep, copy)
+                live, prev, state = live[keep], prev[keep], _keep_images(state, keep, features)
                 if live.numel() == 0:
                     break
     out = []
@@ -235,7 +234,7 @@ def beam_search(
                 keep = (~done).nonzero().squeeze(1)
                 live, scores, prev = live[keep], scores[keep], prev[keep]
                 history, maps = history[keep], maps[keep]
-                state = _keep_images(state, keep, copy=state.features is features)
+                state = _keep_images(state, keep, features)
                 if live.numel() == 0:
                     break
     ranked = [[c for *_, c in sorted(hyps, key=lambda h: h[:2])][:k] for hyps in finished]
