@@ -64,6 +64,8 @@ class Profile:
     early_stop_patience: int = 8
     num_workers: int = 0
     seed: int = 0
+    amp: str = "auto"  # CUDA: "auto" = bf16 where the GPU has it, else fp16; "bf16", "fp16", "off"
+    deterministic: bool = False  # CUDA: deterministic kernels, so that resume is exact there too
     # decoding and evaluation
     beam_size: int = 3
     decode_max_len: int = 20
