@@ -52,10 +52,11 @@ def test_caption_loss_counts_only_real_tokens():
     assert parts["penalty"] > 0 and torch.allclose(with_penalty, expected + parts["penalty"])
 
 
-def test_loss_decreases_on_a_batch(tiny, tmp_path):
+def test_loss_decreases_on_a_batch(tiny, tmp_path, device):
     # one batch, over and over: the model must fit it (lr 3e-3 so that 25 steps show it)
-    trainer = tr.Trainer(replace(tiny, dropout=0.0, lr=3e-3), out_dir=tmp_path)
+    trainer = tr.Trainer(replace(tiny, dropout=0.0, lr=3e-3), out_dir=tmp_path, device=str(device))
     features, captions, lengths = next(iter(trainer.loader))
+    features, captions = features.to(device), captions.to(device)
     losses = []
     for _ in range(25):
         loss, _ = trainer.loss_fn(trainer.model(features, captions, lengths), captions, lengths,
@@ -79,8 +80,8 @@ def test_one_random_caption_per_image_is_seeded(tiny):
     assert torch.equal(sets.index, first)
 
 
-def test_checkpoint_is_plain_data_and_loads(tiny, tmp_path):
-    log = tr.train(replace(tiny, epochs=2), out_dir=tmp_path)
+def test_checkpoint_is_plain_data_and_loads(tiny, tmp_path, device):
+    log = tr.train(replace(tiny, epochs=2), out_dir=tmp_path, device=str(device))
     assert list(log.columns) == tr.LOG_COLUMNS and log.epoch.tolist() == [1, 2]
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["finished"] and ckpt["profile"]["name"] == "quick"
@@ -93,18 +94,27 @@ def test_checkpoint_is_plain_data_and_loads(tiny, tmp_path):
     assert (tmp_path / "log.csv").read_text().count("\n") == 3
 
 
-def test_resume_after_a_kill_is_bit_identical(tiny, tmp_path):
-    tr.train(tiny, out_dir=tmp_path / "whole")
+@pytest.fixture
+def exact(tiny, device):
+    """The tiny profile, with deterministic kernels on CUDA (bit-for-bit resume needs them)."""
+    yield replace(tiny, deterministic=device.type == "cuda")
+    torch.use_deterministic_algorithms(False)
+
+
+def test_resume_after_a_kill_is_bit_identical(exact, tmp_path, device):
+    tiny, device = exact, str(device)
+    tr.train(tiny, out_dir=tmp_path / "whole", device=device)
 
     def kill_after_first_epoch(log):
         if len(log) == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        tr.train(tiny, out_dir=tmp_path / "killed", callback=kill_after_first_epoch)
+        tr.train(tiny, out_dir=tmp_path / "killed", callback=kill_after_first_epoch, device=device)
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["epoch"] == 1
     seen = []
-    log = tr.train(tiny, out_dir=tmp_path / "killed", callback=lambda log: seen.append(len(log)))
+    log = tr.train(tiny, out_dir=tmp_path / "killed", callback=lambda log: seen.append(len(log)),
+                   device=device)
     assert seen == [2, 3] and log.epoch.tolist() == [1, 2, 3]
     whole, resumed = (torch.load(tmp_path / d / "last.pt", weights_only=True)
                       for d in ("whole", "killed"))
@@ -152,13 +162,15 @@ def _ddp_rank(rank: int, world: int, port: int, profile: dict, out_dir, cut_afte
 def _two_ranks(profile: dict, out_dir, cut_after=None) -> None:
     """Run _ddp_rank on two forked processes (gloo), as torchrun --nproc_per_node 2 would."""
     # Forked ranks rendezvous through torchrun's environment variables, so the test pays for
-    # no fresh interpreter (a torch import takes a minute on a slow machine).
+    # no fresh interpreter (a torch import takes a minute on a slow machine). A process that
+    # has started CUDA cannot fork: there (a GPU machine) the ranks are spawned instead.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.multiprocessing.start_processes(_ddp_rank, args=(2, port, profile, out_dir, cut_after),
-                                          nprocs=2, start_method="fork")
+                                          nprocs=2, start_method="spawn" if
+                                          torch.cuda.is_initialized() else "fork")
 
 
 # The DDP tests run gloo on forked CPU processes (CUDA cannot be forked): they only make sense
@@ -168,7 +180,8 @@ def test_ddp_two_processes_equal_one(tiny, tmp_path):
     tr.train(get_profile("quick", **profile), out_dir=tmp_path / "one", device="cpu")
     _two_ranks(profile, tmp_path / "two")
     one, two = model_state(tmp_path / "one" / "last.pt"), model_state(tmp_path / "two" / "last.pt")
-    start = tr.Trainer(get_profile("quick", **profile), out_dir="unused").model.state_dict()
+    start = tr.Trainer(get_profile("quick", **profile), out_dir="unused",
+                       device="cpu").model.state_dict()
     for k, v in one.items():
         assert torch.allclose(v, two[k], atol=2e-6), (k, (v - two[k]).abs().max())
     assert any(not torch.equal(v, start[k]) for k, v in one.items())  # it did train
@@ -178,7 +191,8 @@ def test_ddp_fine_tuned_encoder_stays_the_same_on_every_rank(tiny, tmp_path):
     # the encoder's trainable block is inside the one DistributedDataParallel with the decoder
     _two_ranks(dict(TINY, epochs=1, fine_tune=1), tmp_path)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    start = tr.Trainer(get_profile("quick", **TINY, fine_tune=1), out_dir="unused").encoder
+    start = tr.Trainer(get_profile("quick", **TINY, fine_tune=1), out_dir="unused",
+                       device="cpu").encoder
     assert rank0["encoder"] and any(not torch.equal(v, dict(start.named_parameters())[n])
                                     for n, v in rank0["encoder"].items())  # it trained
     for part in ("encoder", "decoder"):
