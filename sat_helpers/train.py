@@ -178,7 +178,8 @@ def _distributed(device: str) -> tuple[int, int]:
 def autocast_dtype(profile: Profile, device: torch.device) -> torch.dtype | None:
     """The autocast dtype ``profile.amp`` asks for on ``device``; None means float32.
 
-    "auto": bfloat16 on a CUDA GPU that has it, else float16 on CUDA, float32 on the CPU.
+    "auto": bfloat16 on a CUDA GPU that has it natively (compute capability 8.0 and later,
+    Ampere), else float16 on CUDA; float32 on the CPU.
     "bf16" and "fp16" force one ("bf16" also runs on the CPU; "fp16" needs CUDA); "off": float32.
     """
     if profile.amp not in AMP_MODES:
@@ -188,7 +189,9 @@ def autocast_dtype(profile: Profile, device: torch.device) -> torch.dtype | None
         return None
     if profile.amp == "fp16" and not cuda:
         raise ValueError("amp='fp16' needs a CUDA device; on the CPU use 'bf16' or 'off'.")
-    if profile.amp == "bf16" or (profile.amp == "auto" and torch.cuda.is_bf16_supported()):
+    # not the emulated bf16 of older GPUs (a T4 says True with emulation, and is slow at it)
+    native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    if profile.amp == "bf16" or (profile.amp == "auto" and native_bf16):
         return torch.bfloat16
     return torch.float16
 
