@@ -199,7 +199,9 @@ def autocast_dtype(profile: Profile, device: torch.device) -> torch.dtype | None
 def use_deterministic() -> None:
     """Deterministic kernels everywhere (process-wide), and cuBLAS's fixed workspace for them.
 
-    CUBLAS_WORKSPACE_CONFIG only counts when set before cuBLAS starts, hence early in Trainer.
+    CUBLAS_WORKSPACE_CONFIG only counts when set before the process's first CUDA matrix
+    product, hence first thing in Trainer; in a session that already used the GPU (a notebook),
+    set it in the environment before starting it.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)

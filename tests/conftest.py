@@ -4,8 +4,14 @@
 A test that only makes sense on the CPU does not take this fixture and says why.
 """
 
+import os
+
 import pytest
 import torch
+
+# cuBLAS reads its workspace setting once, at the first CUDA matrix product of the process; a
+# test that turns on deterministic kernels later (profile.deterministic) needs it from the start.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @pytest.fixture(scope="session")

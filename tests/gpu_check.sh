@@ -55,7 +55,8 @@ timed() {  # timed NAME COMMAND...: run it, log to $OUT/<name>.log, add a row to
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$GPUS")
 timed pytest "$PY" -m pytest -q tests -p no:cacheprovider
 for nb in notebooks/*.ipynb; do
-    timed "nbval $(basename "$nb" .ipynb)" "$PY" -m pytest -q --nbval-lax "$nb" -p no:cacheprovider
+    timed "nbval $(basename "$nb" .ipynb)" "$PY" -m pytest -q --nbval-lax --nbval-current-env "$nb" \
+        -p no:cacheprovider
 done
 timed "torchrun sat train, $GPUS GPUs" "${TORCHRUN[@]}" -m sat_helpers.cli train --profile quick --no-resume
 timed "torchrun sat train again (resumes)" "${TORCHRUN[@]}" -m sat_helpers.cli train --profile quick
