@@ -365,7 +365,8 @@ class Trainer:
             self.encoder.load_state_dict(ckpt["encoder"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without float16 (on a CPU, or under bfloat16)
+            self.scaler.load_state_dict(ckpt["scaler"])
         if hasattr(self.loss_fn, "load_state_dict"):
             self.loss_fn.load_state_dict(ckpt["loss_state"])
         self.epoch, self.finished, self.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]

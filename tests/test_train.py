@@ -293,3 +293,11 @@ def test_deterministic_profile_turns_on_deterministic_kernels(tiny, tmp_path, mo
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_a_run_without_a_scaler_resumes_where_float16_needs_one(tiny, tmp_path):
+    # a CPU run (no GradScaler state) continued on a GPU that trains in float16
+    tr.train(replace(tiny, epochs=1), out_dir=tmp_path, device="cpu")
+    trainer = tr.Trainer(replace(tiny, epochs=1), out_dir=tmp_path, device="cpu")
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as on CUDA with float16
+    assert trainer.resume() and trainer.epoch == 1
