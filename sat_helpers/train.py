@@ -525,7 +525,9 @@ def train(profile: Profile, attention: str = "soft", resume: bool = True, *,
 
     ``out_dir`` defaults to ``run_dir(profile, attention)``. A finished run that matches the
     profile returns its log at once; one that does not match, or any run when ``resume`` is
-    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh.
+    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh. A resumed
+    run ends with the weights of an uninterrupted one bit for bit on the CPU; on CUDA up to
+    floating-point order, or exactly with ``profile.deterministic`` (module docstring).
     """
     trainer = Trainer(profile, attention, out_dir, device, one_per_image)
     if not (resume and trainer.resume()) and trainer.rank == 0:
