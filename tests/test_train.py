@@ -87,8 +87,8 @@ def test_checkpoint_is_plain_data_and_loads(tiny, tmp_path, device):
     assert ckpt["epoch"] == 2 and ckpt["finished"] and ckpt["profile"]["name"] == "quick"
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "vocab", "config"}
     assert ckpt["vocab"] == tr.Trainer(tiny, out_dir=tmp_path).vocab.words
-    decoder, vocab, _ = tr.load_checkpoint(tmp_path / "best.pt")
-    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    decoder, vocab, _ = tr.load_checkpoint(tmp_path / "best.pt")  # on the CPU
+    best = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
     assert all(torch.equal(v, best["model"][k]) for k, v in decoder.state_dict().items())
     assert not decoder.training and len(vocab) == decoder.config["vocab_size"]
     assert (tmp_path / "log.csv").read_text().count("\n") == 3
