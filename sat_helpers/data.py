@@ -40,6 +40,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .config import Profile, data_root
+from .download import check_free_space
 from .shapes import JSON_NAME, make_shapes_dataset
 
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
@@ -293,6 +294,8 @@ def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: s
         return out_dir
     data = load_karpathy_json(karpathy_json)
     inputs = _inputs_digest(karpathy_json, image_dir, data["images"])
+    check_free_space(out_dir.parent, len(data["images"]) * image_size ** 2 * 3,
+                     f"the prepared {image_size}-px image arrays of {karpathy_json.name}")
     for stale in [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"),
                   *out_dir.parent.glob(f".{out_dir.name}.old-*")]:
         if not _pid_alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed run, not a live one

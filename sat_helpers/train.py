@@ -16,6 +16,7 @@ checkpointing (gloo on CPU, NCCL on CUDA).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -45,6 +46,10 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_bleu4", "lr", "seconds"]
 # Profile fields that do not change what training produces (decoding, expectations, speed).
 NOT_TRAINING = ("name", "beam_size", "decode_max_len", "expect_bleu4", "expect_pointing",
                 "num_workers", "feature_batch_size")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became inf or NaN; the message names the epoch, batch and causes."""
 
 
 def run_dir(profile: Profile, attention: str = "soft") -> Path:
@@ -175,7 +180,9 @@ def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
 class Trainer:
     """Everything one training run holds: data, model, optimiser, scheduler, counters, log.
 
-    Frozen encoder (``profile.fine_tune`` false): trains on the cached features. Otherwise
+    Frozen encoder (``profile.fine_tune`` false): trains on the cached features, or, when
+    ``profile.feature_cache`` is off, runs the frozen encoder on the device over the uint8
+    images (rounded to float16 as the cache stores them: the same features). Otherwise
     the images go through the ``Encoder`` every step and its trainable blocks learn at
     ``profile.encoder_lr``. ``one_per_image`` (default: the Shapes data) draws one of the
     five captions of each image per epoch instead of all of them.
@@ -206,8 +213,9 @@ class Trainer:
         groups = [{"params": self.model.parameters(), "lr": profile.lr}]
         if self.encoder is not None:
             self.encoder.to(self.device)
-            groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad],
-                           "lr": profile.encoder_lr})
+            if profile.fine_tune:
+                groups.append({"params": [p for p in self.encoder.parameters()
+                                          if p.requires_grad], "lr": profile.encoder_lr})
         self.optimizer = torch.optim.Adam(groups)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=profile.lr_decay,
@@ -225,12 +233,12 @@ class Trainer:
         p = self.profile
         if self.rank == 0:  # rank 0 builds what is missing, the others wait, then reuse it
             ensure_dataset(p)
-            if not p.fine_tune:
+            if not p.fine_tune and p.feature_cache:
                 ensure_features(p, device=self.device)
         if self.world > 1:
             dist.barrier()
         self.dataset_dir = ensure_dataset(p)
-        if p.fine_tune:
+        if p.fine_tune or not p.feature_cache:
             self.encoder = Encoder(p.encoder, grid=p.grid, fine_tune=p.fine_tune,
                                    image_size=p.image_size)
             self.train_set = CaptionDataset(self.dataset_dir, "train")
@@ -251,7 +259,10 @@ class Trainer:
     def annotations(self, x: Tensor) -> Tensor:
         """The batch's annotation vectors: cached features as they are, or images encoded."""
         x = x.to(self.device, non_blocking=True)
-        return x if self.encoder is None else self.encoder(self.encoder.preprocess(x))
+        if self.encoder is None:
+            return x
+        features = self.encoder(self.encoder.preprocess(x))
+        return features if self.profile.fine_tune else features.half().float()  # as cached
 
     # -- checkpoints ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -362,11 +373,27 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             value = loss.detach().item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(self.non_finite_message(value, int(total[1]) + 1))
             total += torch.tensor([value, 1.0], dtype=torch.float64)
             bar.set_postfix(loss=f"{value:.3f}")
         if self.world > 1:
             dist.all_reduce(total)
         return float(total[0] / total[1])
+
+    def non_finite_message(self, value: float, batch: int) -> str:
+        """Why training stopped at a non-finite loss, where, and what to try."""
+        p = self.profile
+        return (
+            f"The training loss is {value} at epoch {self.epoch + 1}, batch {batch} of "
+            f"{len(self.loader)} (run {self.out_dir}): training stops at the first non-finite "
+            f"loss, and nothing of this epoch is saved (last.pt, if any, holds epoch "
+            f"{self.epoch}). Likely causes: (1) a learning rate too high (lr={p.lr:g}"
+            f"{f', encoder_lr={p.encoder_lr:g}' if p.fine_tune else ''}): lower it ten-fold; "
+            "(2) overflowing or non-finite features (an encoder with wrong weights; check "
+            "np.isfinite on the cached features, or the images); (3) float16 overflow under "
+            f"mixed precision (on here: {self.amp}): run on the CPU or without autocast to "
+            "see if it is that.")
 
     @torch.no_grad()
     def validate(self, dataset: Dataset | None = None) -> tuple[float, float]:
