@@ -10,14 +10,17 @@ work offline.
 The real-data profiles attend over a map that is truly 14 x 14 at 224 px, never a smaller one
 pooled up: ``resnet50/101/152`` have their last stage dilated (torchvision's
 ``replace_stride_with_dilation=[False, False, True]``: stride 16, the same weights), and
-``vgg19`` is the paper's conv5_4. The course uses the dilated ResNet-101:
-``benchmarks/bench_encoders.py`` measured it faster than VGG-19 conv5_4 on a CPU (about 2/3 of
-the multiply-adds), and its ImageNet weights are far better (top-1 81.9 vs 72.4 %); the price
-is 4x the disk per cached image (2048-d vectors instead of 512-d), which the ``coco`` profile
-avoids by not caching its training split (``Profile.feature_cache``). ``resnet101_s32`` is the
-original, undilated network (a 7 x 7 map at 224 px). A frozen encoder gives the same features every epoch, so ``cache_features``
-computes them once into a float16 memory-mapped ``.npy`` and ``FeatureDataset`` serves them
-with the captions, exactly like ``CaptionDataset`` serves images.
+``vgg19`` is the paper's conv5_4. The course uses the dilated ResNet-101, measured against
+VGG-19 conv5_4 by ``benchmarks/bench_encoders.py``: half the multiply-adds per image (9.9 vs
+19.5 G, which is what a GPU's time follows), about the same CPU speed and peak memory, and far
+better ImageNet weights (top-1 81.9 vs 72.4 %, as torchvision measured them undilated). Its
+price is 4x the disk per cached image (2048-d vectors instead of 512-d), which the ``coco``
+profile avoids by not caching its training split (``Profile.feature_cache``).
+``resnet101_s32`` is the original, undilated network (a 7 x 7 map at 224 px).
+
+A frozen encoder gives the same features every epoch, so ``cache_features`` computes them once
+into a float16 memory-mapped ``.npy`` and ``FeatureDataset`` serves them with the captions,
+exactly like ``CaptionDataset`` serves images.
 """
 
 from __future__ import annotations
