@@ -10,12 +10,15 @@ work offline.
 The real-data profiles attend over a map that is truly 14 x 14 at 224 px, never a smaller one
 pooled up: ``resnet50/101/152`` have their last stage dilated (torchvision's
 ``replace_stride_with_dilation=[False, False, True]``: stride 16, the same weights), and
-``vgg19`` is the paper's conv5_4. The course uses the dilated ResNet-101, measured against
-VGG-19 conv5_4 by ``benchmarks/bench_encoders.py``: half the multiply-adds per image (9.9 vs
-19.5 G, which is what a GPU's time follows), about the same CPU speed and peak memory, and far
-better ImageNet weights (top-1 81.9 vs 72.4 %, as torchvision measured them undilated). Its
-price is 4x the disk per cached image (2048-d vectors instead of 512-d), which the ``coco``
-profile avoids by not caching its training split (``Profile.feature_cache``).
+``vgg19`` is the paper's conv5_4. ``benchmarks/bench_encoders.py`` compared the two at 224 px
+on a (busy) 2-core CPU: the dilated ResNet-101 needs half the multiply-adds (9.9 vs 19.5 G per
+image, which a GPU's time follows), and slightly less peak memory (1.14 vs 1.26 GB at batch 8),
+while VGG-19's plain 3 x 3 convolutions ran about 25 % faster on the CPU (0.74-0.78 vs
+0.58-0.67 images/s). The course takes the ResNet for its far better ImageNet weights (top-1
+81.9 vs 72.4 %, as torchvision measured them undilated). Its price is 4x the disk per cached
+image (2048-d vectors, 803 kB, instead of 512-d, 201 kB), which the ``coco`` profile avoids by
+not caching its training split (``Profile.feature_cache``); ``vgg19`` stays the choice where
+disk matters more than accuracy.
 ``resnet101_s32`` is the original, undilated network (a 7 x 7 map at 224 px).
 
 A frozen encoder gives the same features every epoch, so ``cache_features`` computes them once
