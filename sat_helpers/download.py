@@ -198,6 +198,8 @@ def _fetch_with_retries(url: str, part: Path, retries: int, chunk_size: int, tim
                     "the file may have moved (see sat_helpers/download.py for the mirrors)."
                 ) from err
             last: Exception = err
+        except NotEnoughDiskError:
+            raise  # retrying would not free the disk
         except (URLError, http.client.HTTPException, OSError) as err:
             last = err
         if attempt < retries:

@@ -268,6 +268,16 @@ def test_long_steps_check_the_free_disk_first(tmp_path, monkeypatch):
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=1000))
     encoder = Encoder("efficientnet_lite0_s16", pretrained=False, grid=2, image_size=48)
     with pytest.raises(download.NotEnoughDiskError, match=r"val feature cache of "
-                       r"efficientnet_lite0_s16 needs 1.8 kB free in .*features.* only 1000 bytes"):
+                       r"efficientnet_lite0_s16 needs 1.8 kB free in .*features.*only 1.0 kB"):
         cache_features(encoder, dataset, "val", tmp_path / "features")
     assert not (tmp_path / "features" / "val.npy").exists()
+
+
+def test_without_a_feature_cache_only_val_and_test_are_cached(tmp_path, monkeypatch):
+    dataset = make_prepared(tmp_path / "prepared", size=32)
+    monkeypatch.setenv("SAT_DATA", str(tmp_path / "root"))
+    monkeypatch.setattr(enc, "ensure_dataset", lambda profile: dataset)
+    assert enc.cached_splits(get_profile("coco")) == ("val", "test")  # 91 GB for train
+    assert enc.cached_splits(get_profile("flickr8k")) == ("train", "val", "test")
+    out = ensure_features(get_profile("quick", image_size=32, grid=2, feature_cache=False))
+    assert sorted(p.name for p in out.glob("*.npy")) == ["test.npy", "val.npy"]
