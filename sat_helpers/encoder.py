@@ -598,7 +598,9 @@ class FeatureDataset(torch.utils.data.Dataset):
         if not self.path.is_file() or recorded != dataset_hash(self.dataset_dir):
             raise FileNotFoundError(
                 f"{self.path}: no features of this build of {self.dataset_dir} (missing, or "
-                "computed from another build). Run ensure_features(profile) or cache_features.")
+                "computed from another build). Run ensure_features(profile) or cache_features "
+                "(a profile with feature_cache=False, like coco, caches only val and test: "
+                "ensure_features(profile, splits=('train',)) computes the rest).")
         self.vocab = Vocab.load(self.dataset_dir / "vocab.json")
         self.meta = json.loads((self.dataset_dir / f"{split}_meta.json").read_text())
         self.captions = torch.from_numpy(np.load(self.dataset_dir / f"{split}_captions.npy"))
