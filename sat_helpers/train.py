@@ -61,6 +61,10 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the GPU)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became inf or NaN; the message names the epoch, batch and causes."""
+
+
 def run_dir(profile: Profile, attention: str = "soft") -> Path:
     """Where a profile's run lives: data_root()/runs/<profile>-<attention>/."""
     return data_root() / "runs" / f"{profile.name}-{attention}"
@@ -215,14 +219,21 @@ class CaptionModel(nn.Module):
     averaged over the processes with the decoder's, and every rank's encoder stays the same.
     """
 
-    def __init__(self, decoder: AttentionDecoder, encoder: Encoder | None = None):
+    def __init__(self, decoder: AttentionDecoder, encoder: Encoder | None = None,
+                 fine_tune: bool | int = False):
         super().__init__()
-        self.decoder, self.encoder = decoder, encoder
+        self.decoder, self.encoder, self.fine_tune = decoder, encoder, fine_tune
+
+    def annotations(self, x: Tensor) -> Tensor:
+        """Cached features (B, P, E) as they are, or uint8 images (B, 3, H, W) encoded."""
+        if self.encoder is None:
+            return x
+        features = self.encoder(self.encoder.preprocess(x))
+        return features if self.fine_tune else features.half().float()  # as the cache holds
 
     def forward(self, x: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
-        """Teacher-forced outputs for cached features (B, P, E) or uint8 images (B, 3, H, W)."""
-        features = x if self.encoder is None else self.encoder(self.encoder.preprocess(x))
-        return self.decoder(features, captions, lengths)
+        """Teacher-forced outputs of the batch's features or images."""
+        return self.decoder(self.annotations(x), captions, lengths)
 
 
 def training_config(profile: Profile, attention: str, one_per_image: bool | None = None) -> dict:
@@ -246,7 +257,9 @@ def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
 class Trainer:
     """Everything one training run holds: data, model, optimiser, scheduler, counters, log.
 
-    Frozen encoder (``profile.fine_tune`` false): trains on the cached features. Otherwise
+    Frozen encoder (``profile.fine_tune`` false): trains on the cached features, or, when
+    ``profile.feature_cache`` is off, runs the frozen encoder on the device over the uint8
+    images (rounded to float16 as the cache stores them: the same features). Otherwise
     the images go through the ``Encoder`` every step and its trainable blocks learn at
     ``profile.encoder_lr``. ``one_per_image`` (default: the Shapes data) draws one of the
     five captions of each image per epoch instead of all of them.
@@ -279,16 +292,18 @@ class Trainer:
         groups = [{"params": self.model.parameters(), "lr": profile.lr}]
         if self.encoder is not None:
             self.encoder.to(self.device)
-            groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad],
-                           "lr": profile.encoder_lr})
+            if profile.fine_tune:
+                groups.append({"params": [p for p in self.encoder.parameters()
+                                          if p.requires_grad], "lr": profile.encoder_lr})
         self.optimizer = torch.optim.Adam(groups)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=profile.lr_decay,
             patience=max(0, profile.lr_patience - 1), threshold=0.0)
         self.amp = autocast_dtype(profile, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        both = CaptionModel(self.model, self.encoder)
-        self.ddp = nn.parallel.DistributedDataParallel(both) if self.world > 1 else both
+        self.caption_model = CaptionModel(self.model, self.encoder, profile.fine_tune)
+        self.ddp = (nn.parallel.DistributedDataParallel(self.caption_model) if self.world > 1
+                    else self.caption_model)
         self.epoch, self.best_bleu4, self.bad_epochs = 0, -1.0, 0
         self.train_seconds, self.finished, self.log = 0.0, False, []
 
@@ -298,12 +313,12 @@ class Trainer:
         p = self.profile
         if self.rank == 0:  # rank 0 builds what is missing, the others wait, then reuse it
             ensure_dataset(p)
-            if not p.fine_tune:
+            if not p.fine_tune and p.feature_cache:
                 ensure_features(p, device=self.device)
         if self.world > 1:
             dist.barrier()
         self.dataset_dir = ensure_dataset(p)
-        if p.fine_tune:
+        if p.fine_tune or not p.feature_cache:
             self.encoder = Encoder(p.encoder, grid=p.grid, fine_tune=p.fine_tune,
                                    image_size=p.image_size)
             self.train_set = CaptionDataset(self.dataset_dir, "train")
@@ -323,8 +338,7 @@ class Trainer:
 
     def annotations(self, x: Tensor) -> Tensor:
         """The batch's annotation vectors: cached features as they are, or images encoded."""
-        x = x.to(self.device, non_blocking=True)
-        return x if self.encoder is None else self.encoder(self.encoder.preprocess(x))
+        return self.caption_model.annotations(x.to(self.device, non_blocking=True))
 
     # -- checkpoints ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -413,6 +427,9 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.ddp.train()  # the decoder and, when fine-tuning, the encoder's trainable blocks
         loss_sum, steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        # On the CPU every loss is checked as it comes; on a GPU every LOG_EVERY steps (one wait
+        # instead of fifty), still naming the first non-finite batch of the window.
+        window, check_every = [], 1 if self.device.type == "cpu" else LOG_EVERY
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False,
                    disable=self.rank != 0)
         for x, captions, lengths in bar:
@@ -434,13 +451,39 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             loss_sum += loss.detach()
+            window.append(loss.detach())
             steps += 1
-            if steps % LOG_EVERY == 0:  # reading the loss waits for the GPU: not every step
+            if steps % check_every == 0 or steps == len(self.loader):
+                self._check_finite(window, steps)  # reading the loss waits for the GPU
+                window = []
                 bar.set_postfix(loss=f"{float(loss_sum) / steps:.3f}")
         total = torch.stack([loss_sum, loss_sum.new_tensor(steps)])
         if self.world > 1:
             dist.all_reduce(total)
         return float(total[0] / total[1])
+
+    def _check_finite(self, window: list[Tensor], steps: int) -> None:
+        """Raise NonFiniteLossError at the first inf or NaN loss of the last ``window`` steps."""
+        losses = torch.stack(window).float().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            batch = steps - len(window) + i + 1
+            raise NonFiniteLossError(self.non_finite_message(float(losses[i]), batch))
+
+    def non_finite_message(self, value: float, batch: int) -> str:
+        """Why training stopped at a non-finite loss, where, and what to try."""
+        p = self.profile
+        return (
+            f"The training loss is {value} at epoch {self.epoch + 1}, batch {batch} of "
+            f"{len(self.loader)} (run {self.out_dir}): training stops at the first non-finite "
+            f"loss, and nothing of this epoch is saved (last.pt, if any, holds epoch "
+            f"{self.epoch}). Likely causes: (1) a learning rate too high (lr={p.lr:g}"
+            f"{f', encoder_lr={p.encoder_lr:g}' if p.fine_tune else ''}): lower it ten-fold; "
+            "(2) overflowing or non-finite features (an encoder with wrong weights; check "
+            "np.isfinite on the cached features, or the images); (3) float16 overflow under "
+            f"mixed precision (on here: {self.amp}): run on the CPU or without autocast to "
+            "see if it is that.")
 
     @torch.no_grad()
     def validate(self, dataset: Dataset | None = None) -> tuple[float, float]:

@@ -301,3 +301,38 @@ def test_a_run_without_a_scaler_resumes_where_float16_needs_one(tiny, tmp_path):
     trainer = tr.Trainer(replace(tiny, epochs=1), out_dir=tmp_path, device="cpu")
     trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as on CUDA with float16
     assert trainer.resume() and trainer.epoch == 1
+
+
+def test_inf_features_stop_training_at_the_first_batch(tiny, tmp_path):
+    trainer = tr.Trainer(tiny, out_dir=tmp_path)
+    # overflowed features, where the training step takes its annotation vectors
+    trainer.caption_model.annotations = lambda x: torch.full_like(x, float("inf"))
+    with pytest.raises(tr.NonFiniteLossError) as error:
+        trainer.fit()
+    message = str(error.value)
+    for part in ("epoch 1, batch 1 of", "learning rate", "features", "float16"):
+        assert part in message, part
+    assert not list(tmp_path.glob("*.pt"))  # nothing of the broken epoch is saved
+
+
+def test_an_absurd_learning_rate_stops_training_with_its_cause(tiny, tmp_path):
+    with pytest.raises(tr.NonFiniteLossError, match=r"epoch 1, batch [2-9].*lr=1e\+36"):
+        tr.train(replace(tiny, lr=1e36), out_dir=tmp_path)  # batch 1 is finite, then it blows up
+
+
+def test_encoding_on_the_device_trains_like_the_feature_cache(tiny, tmp_path):
+    # the coco profile does not cache its training features: the frozen encoder runs on the
+    # uint8 images every step instead; the features, hence the losses, must be the same
+    cached = tr.Trainer(replace(tiny, epochs=1), out_dir=tmp_path / "cached")
+    encoded = tr.Trainer(replace(tiny, epochs=1, feature_cache=False), out_dir=tmp_path / "enc")
+    assert cached.encoder is None and encoded.encoder is not None
+    assert len(encoded.optimizer.param_groups) == 1  # the frozen encoder has nothing to learn
+    images, captions, _ = next(iter(encoded.loader))
+    features, captions_too, _ = next(iter(cached.loader))
+    assert images.dtype == torch.uint8 and torch.equal(captions, captions_too)
+    assert torch.allclose(encoded.annotations(images), features, rtol=2e-3, atol=1e-3)
+    losses = []
+    for trainer in (cached, encoded):
+        tr._seed_everything(0)  # the same dropout masks
+        losses.append(trainer.train_epoch())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4), losses
