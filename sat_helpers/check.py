@@ -74,12 +74,15 @@ def _same_tensor(exercise: str, name: str, got, want: Tensor, hint: str, inputs:
               f"({inputs}).", hint)
     close = torch.isclose(got.detach().double(), want.detach().double(), atol=atol, rtol=1e-4)
     if not bool(close.all()):
+        if want.dim() == 0:
+            value, expected = float(got.detach()) + 0.0, float(want) + 0.0
+            _fail(exercise, f"{name} is {value:.5g}, expected {expected:.5g} ({inputs}).", hint)
         wrong = (~close).nonzero().tolist()
         first = [tuple(i) for i in wrong[:3]]
         there, expected = float(got.detach()[first[0]]), float(want.detach()[first[0]])
-        _fail(exercise, f"{name} has the right shape but {len(wrong)} of {close.numel()} "
-              f"entries differ ({inputs}); first at {first}: got {there:.5g}, expected "
-              f"{expected:.5g}.", hint)
+        _fail(exercise, f"{name}: the shape is right, but {len(wrong)} of {close.numel()} "
+              f"entries differ ({inputs}); first at {first}: got {there + 0.0:.5g}, expected "
+              f"{expected + 0.0:.5g}.", hint)
     return got
 
 

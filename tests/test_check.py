@@ -113,7 +113,7 @@ def summed_penalty(alphas, lengths, lam):
 def test_penalty():
     check.penalty(doubly_stochastic_penalty)
     fails(check.penalty, lambda al, n, lam: lam * ((1 - al.sum(1)) ** 2).mean(),
-          "the penalty has the right shape but", "padding steps count")
+          "the penalty is", "padding steps count")
     fails(check.penalty, summed_penalty, "summed over the P positions")
     fails(check.penalty, lambda al, n, lam: doubly_stochastic_penalty(al, n, lam)[None],
           "shape (1,)", "0-d tensor")
@@ -149,7 +149,7 @@ def lstm_step(gates, c_prev, order="ifgo", h_from_old=False):
 def test_lstm_step():
     check.lstm_step(lstm_step)
     fails(check.lstm_step, lambda g, c: lstm_step(g, c, order="ifog"), "order i, f, o, g")
-    fails(check.lstm_step, lambda g, c: lstm_step(g, c, h_from_old=True), "h has the right",
+    fails(check.lstm_step, lambda g, c: lstm_step(g, c, h_from_old=True), "h: the shape is right",
           "the new cell")
 
 
