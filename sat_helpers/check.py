@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .attention import SoftAttention, doubly_stochastic_penalty
 from .data import Vocab, encode_caption
-from .decoder import DecoderOutput, lstm_update
+from .decoder import DecoderOutput, DecoderState, lstm_update
 from .encoder import annotations, get_spec
 from .hard import attention_entropy, reinforce_surrogate
 from .metrics import box_mask, mass_in_box, pointing_hit
@@ -422,6 +422,30 @@ def beam_step(fn: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]
         _same_tensor(name, "beam", beam, want_beam, "beam = flat index // V: which beam the "
                      "candidate extends.", inputs)
         _same_tensor(name, "token", token, want_token, hint_token, inputs)
+    _passed(name, len(cases))
+
+
+def reorder(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """fn(h (B, k, n), beam (B, k)) -> (B, k, n): row j of image b is h[b, beam[b, j]]."""
+    name = "reorder"
+    cases = [(2, 3, 4, [[0, 0, 2], [1, 2, 1]]), (1, 2, 3, [[1, 1]]),
+             (3, 2, 2, [[1, 0], [0, 0], [1, 1]])]
+    for B, k, n, beam_list in cases:
+        h = torch.randn(B, k, n, generator=torch.Generator().manual_seed(B * k))
+        beam = torch.tensor(beam_list)
+        inputs = f"h {tuple(h.shape)}, beam {beam_list}"
+        got = _call(name, fn, h.clone(), beam.clone(), inputs=inputs)
+        want = DecoderState(h, h, h, h).reorder(beam).h
+        hint = "row j of image b is h[b, beam[b, j]]: each image picks among its own beams."
+        if isinstance(got, Tensor) and got.shape != want.shape:
+            if got.dim() == 4:
+                hint = ("h[:, beam] mixes images: it gives every image the picks of all B images; "
+                        "pair it with the image index, h[torch.arange(B)[:, None], beam], or "
+                        "h.gather(1, beam[..., None].expand(-1, -1, n)).")
+            elif got.shape[:2] == want.shape[:2]:
+                hint = ("gather needs an index as large as its output: "
+                        "beam[..., None].expand(-1, -1, n).")
+        _same_tensor(name, "the reordered state", got, want, hint, inputs)
     _passed(name, len(cases))
 
 

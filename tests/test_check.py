@@ -170,6 +170,14 @@ def test_beam_step():
     fails(check.beam_step, lambda s, lp, n: beam_step(s, lp, n, split=False), "token", "% V")
 
 
+def test_reorder():
+    check.reorder(lambda h, beam: h[torch.arange(h.shape[0])[:, None], beam])
+    fails(check.reorder, lambda h, beam: h[:, beam], "shape (2, 2, 3, 4)", "mix")
+    fails(check.reorder, lambda h, beam: h.gather(1, beam[..., None]), "shape (2, 3, 1)",
+          "expand")
+    fails(check.reorder, lambda h, beam: h, "entries differ", "h[b, beam[b, j]]")
+
+
 def test_best_caption():
     def best(scores, lengths, alpha):
         return max(range(len(scores)), key=lambda i: scores[i] / ((5 + lengths[i]) / 6) ** alpha)
