@@ -119,8 +119,9 @@ def execute(nb, cwd: Path):
 
 
 @pytest.mark.parametrize("path", TEACHER, ids=lambda p: p.name)
-def test_student_edition_runs_everywhere_but_its_exercises(path):
-    """Executed on the profile of the run (quick under make test), errors allowed."""
+def test_student_edition_runs_everywhere_but_its_exercises(path, monkeypatch):
+    """Executed on the quick profile (the kernel inherits the environment), errors allowed."""
+    monkeypatch.setenv("SAT_PROFILE", "quick")
     nb = execute(nbformat.read(STUDENT / path.name, as_version=4), STUDENT)
     errors = errors_by_cell(nb)
     checks = {i for i, c in enumerate(nb.cells) if is_check(c)}
