@@ -10,6 +10,7 @@ stub) is reported as not written yet.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import Counter
@@ -35,6 +36,16 @@ class ExerciseError(AssertionError):
     """An exercise's answer is wrong: the message says what, on which input, and what to try."""
 
 
+def _own_rng(check: Callable) -> Callable:
+    """Run a check on a forked torch random state: the notebook's random numbers after a check
+    stay what they were without it, in either edition (checks seed and build models)."""
+    @functools.wraps(check)
+    def wrapper(fn: Callable) -> None:
+        with torch.random.fork_rng(devices=[]):
+            return check(fn)
+    return wrapper
+
+
 def _fail(exercise: str, what: str, hint: str) -> None:
     raise ExerciseError(f"{exercise}: {what}\nHint: {hint}")
 
@@ -57,10 +68,6 @@ def _call(exercise: str, fn: Callable, *args, inputs: str = ""):
 def _passed(exercise: str, cases: int) -> None:
     tried = "the input" if cases == 1 else f"all {cases} inputs"
     print(f"✓ {exercise}: right on {tried} the check tried")
-
-
-def _shape(x) -> tuple:
-    return tuple(x.shape) if hasattr(x, "shape") else ()
 
 
 def _same_tensor(exercise: str, name: str, got, want: Tensor, hint: str, inputs: str,
@@ -92,6 +99,7 @@ _CORPUS = [["a", "red", "circle"], ["a", "blue", "star"], ["a", "red", "star"],
            ["two", "red", "squares"], ["a", "tiny", "green", "star"], ["big", "blue", "star"]]
 
 
+@_own_rng
 def vocabulary(fn: Callable[[list[list[str]], int], list[str]]) -> None:
     """fn(captions, min_freq) -> the vocabulary's words (no specials), as ``Vocab.build``."""
     name = "vocabulary"
@@ -124,6 +132,7 @@ def vocabulary(fn: Callable[[list[list[str]], int], list[str]]) -> None:
     _passed(name, 3)
 
 
+@_own_rng
 def encode(fn: Callable[[list[str], Vocab, int], list[int]]) -> None:
     """fn(tokens, vocab, max_len) -> one caption row, as ``data.encode_caption``."""
     name = "encode"
@@ -158,6 +167,7 @@ def encode(fn: Callable[[list[str], Vocab, int], list[int]]) -> None:
 
 # ------------------------------------------------------------------ 02 · the encoder
 
+@_own_rng
 def to_annotations(fn: Callable[[Tensor], Tensor]) -> None:
     """fn(feature_map (B, D, H, W)) -> (B, H·W, D), cells row by row (``encoder.annotations``)."""
     name = "to_annotations"
@@ -181,6 +191,7 @@ def to_annotations(fn: Callable[[Tensor], Tensor]) -> None:
     _passed(name, len(shapes))
 
 
+@_own_rng
 def cut_classifier(fn: Callable[[nn.Module], nn.Module]) -> None:
     """fn(resnet18) -> the module up to its last feature map, as the package's resnet18 trunk."""
     import torchvision
@@ -218,6 +229,7 @@ def cut_classifier(fn: Callable[[nn.Module], nn.Module]) -> None:
 
 # ------------------------------------------------------------------ 03 · attention
 
+@_own_rng
 def attention(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     """fn(a, h, W_a, b, W_h, w) -> (z_hat (B, k, D), alpha (B, k, P)) for k questions per image."""
     name = "attention"
@@ -263,6 +275,7 @@ def attention(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
     _passed(name, len(cases))
 
 
+@_own_rng
 def penalty(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
     """fn(alphas (B, T, P), lengths (B,), lam) -> the doubly stochastic penalty, a 0-d tensor."""
     name = "penalty"
@@ -295,6 +308,7 @@ def penalty(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
 
 # ------------------------------------------------------------------ 04 · the decoder
 
+@_own_rng
 def loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], Tensor]) -> None:
     """fn(scores, alphas, captions, lengths, lam) -> cross-entropy of the real words + penalty."""
     name = "loss"
@@ -355,6 +369,7 @@ def _loss_hint(got, scores, alphas, captions, lengths, lam, parts) -> str | None
                 None)
 
 
+@_own_rng
 def lstm_step(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
     """fn(gates (B, 4n), c_prev (B, n)) -> (h, c): eq. 2-3 with gates in the order i, f, g, o."""
     name = "lstm_step"
@@ -386,6 +401,7 @@ def lstm_step(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
 
 # ------------------------------------------------------------------ 05 · search
 
+@_own_rng
 def beam_step(fn: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]) -> None:
     """fn(scores (B, k), log_probs (B, k, V), n) -> (top scores, beam, token), each (B, n)."""
     name = "beam_step"
@@ -425,6 +441,7 @@ def beam_step(fn: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor]]
     _passed(name, len(cases))
 
 
+@_own_rng
 def reorder(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     """fn(h (B, k, n), beam (B, k)) -> (B, k, n): row j of image b is h[b, beam[b, j]]."""
     name = "reorder"
@@ -449,6 +466,7 @@ def reorder(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     _passed(name, len(cases))
 
 
+@_own_rng
 def best_caption(fn: Callable[[list[float], list[int], float], int]) -> None:
     """fn(scores, lengths, length_penalty) -> the index of the caption ranked first."""
     name = "best_caption"
@@ -480,6 +498,7 @@ def best_caption(fn: Callable[[list[float], list[int], float], int]) -> None:
 
 # ------------------------------------------------------------------ 06 · evaluation
 
+@_own_rng
 def box_to_mask(fn: Callable[[list[list[float]], tuple[int, int]], np.ndarray]) -> None:
     """fn(boxes [[x0, y0, x1, y1], ...], (H, W)) -> bool (H, W), as ``metrics.box_mask``."""
     name = "box_to_mask"
@@ -509,6 +528,7 @@ def box_to_mask(fn: Callable[[list[list[float]], tuple[int, int]], np.ndarray]) 
     _passed(name, len(cases))
 
 
+@_own_rng
 def hit(fn: Callable[[np.ndarray, np.ndarray], float]) -> None:
     """fn(attention_map (H, W), mask (H, W)) -> 1.0 hit, 0.0 miss, as ``metrics.pointing_hit``."""
     name = "hit"
@@ -544,6 +564,7 @@ def hit(fn: Callable[[np.ndarray, np.ndarray], float]) -> None:
 
 # ------------------------------------------------------------------ 07 · hard attention
 
+@_own_rng
 def surrogate(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
     """fn(log_likelihood (N,), sample_log_prob (N,), baseline) -> the REINFORCE term, (N,)."""
     name = "surrogate"
@@ -574,6 +595,7 @@ def surrogate(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
     _passed(name, len(cases))
 
 
+@_own_rng
 def entropy(fn: Callable[[Tensor], Tensor]) -> None:
     """fn(alphas (..., P)) -> H[α] in nats over the last axis, as ``hard.attention_entropy``."""
     name = "entropy"

@@ -24,17 +24,27 @@ def fails(check_fn, answer, *phrases: str) -> str:
     return message
 
 
-def test_an_unsolved_exercise_says_so():
-    def stub(*args):
-        raise NotImplementedError()
+def unsolved(*args):
+    raise NotImplementedError()
 
+
+def test_an_unsolved_exercise_says_so():
     with pytest.raises(NotImplementedError, match="YOUR CODE HERE"):
-        check.penalty(stub)
+        check.penalty(unsolved)
 
 
 def test_a_crash_in_the_answer_names_the_input():
     fails(check.to_annotations, lambda fmap: fmap.view(7, -1), "raised RuntimeError",
           "feature map of shape")
+
+
+def test_checks_leave_the_random_state_alone():
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    check.attention(attend)
+    with pytest.raises(NotImplementedError):
+        check.cut_classifier(unsolved)
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 # -------------------------------------------------------------- 01
