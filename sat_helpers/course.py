@@ -12,6 +12,22 @@ import pandas as pd
 from .config import get_profile, results_path
 
 
+def kernel_config():
+    """Kernel manager settings: CurveZMQ keys for the kernel's sockets where jupyter_client can.
+
+    Without keys, ipykernel 7 warns "Kernel is running over TCP without encryption" for every
+    kernel; jupyter_client (8.10 on) provisions them only when told to.
+    """
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
 def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, float, str]:
     """Execute one notebook into out_dir; return (status, minutes, error summary)."""
     import nbformat
@@ -22,7 +38,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, f
     start = time.perf_counter()
     status, error = "ok", ""
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", config=kernel_config(),
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except CellExecutionError as exc:
         status, error = "FAILED", str(exc).strip().splitlines()[-1][:200]
