@@ -46,6 +46,13 @@ test: $(STAMP)  ## pytest + nbval of every notebook on the quick profile
 test-lowest: $(LOWEST)/.installed  ## the same tests with every dependency at its lower bound
 	$(QUICK) SAT_LOWEST=1 $(LOWEST)/bin/python $(PYTEST)
 
+# Needs Debian's chromium and chromium-driver (installed here when missing; apt-get needs root).
+test-browser: $(STAMP)  ## notebook 05's explorer driven in JupyterLab in headless Chromium
+	command -v chromedriver > /dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver > /dev/null)
+	test -f $(VENV)/.browser || ($(UV) -e ".[lab]" "selenium>=4.10" && touch $(VENV)/.browser)
+	$(QUICK) SAT_BROWSER=1 $(BIN)/python -m pytest -q tests/test_browser.py -p no:cacheprovider
+
 lab: $(STAMP)  ## open the notebooks in JupyterLab (adds the lab extra to .venv once)
 	test -f $(VENV)/.lab || ($(UV) -e ".[lab]" && touch $(VENV)/.lab)
 	$(BIN)/jupyter lab notebooks
