@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -28,8 +29,15 @@ def kernel_config():
     return config
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, float, str]:
-    """Execute one notebook into out_dir; return (status, minutes, error summary)."""
+def warnings_in(outputs) -> list[str]:
+    """The stderr outputs of one cell that hold a warning: an executed notebook should have none."""
+    return [out.get("text", "") for out in outputs
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+            and re.search(r"warning", out.get("text", ""), re.I)]
+
+
+def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, float, str, list]:
+    """Execute one notebook into out_dir; return (status, minutes, error summary, warnings)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -44,7 +52,9 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, f
         status, error = "FAILED", str(exc).strip().splitlines()[-1][:200]
     minutes = (time.perf_counter() - start) / 60
     nbformat.write(nb, out_dir / path.name)
-    return status, minutes, error
+    warned = [text for cell in nb.cells if cell.cell_type == "code"
+              for text in warnings_in(cell.get("outputs", []))]
+    return status, minutes, error, warned
 
 
 def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) -> bool:
@@ -59,9 +69,11 @@ def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) 
     rows = []
     for path in paths:
         print(f"running {path.name} on profile {profile.name!r} ...", flush=True)
-        status, minutes, error = run_notebook(path, out_nb)
+        status, minutes, error, warned = run_notebook(path, out_nb)
         rows.append({"notebook": path.name, "status": status, "minutes": round(minutes, 2),
-                     "error": error})
+                     "warnings": len(warned), "error": error})
+        for text in warned:
+            print(f"  {path.name} printed a warning: {text.strip()[:300]}", flush=True)
     table = pd.DataFrame(rows)
     results_file = results_path(profile)
     headline = json.loads(results_file.read_text()) if results_file.exists() else {}
