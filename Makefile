@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml
 	$(UV) $(TORCH) -e ".[dev,coco]"
 	touch $(STAMP)
 
-$(LOWEST)/.installed: pyproject.toml
-	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+$(LOWEST)/.installed: pyproject.toml  # anew: uv would keep a version above a lowered bound
+	rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install -q --disable-pip-version-check uv
 	$(UV_LOWEST) --resolution lowest-direct $(TORCH) -e ".[coco]"
 	$(UV_LOWEST) -e ".[dev,coco]"
