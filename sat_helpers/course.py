@@ -6,14 +6,16 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+from traitlets.config import Config
 
 from .config import get_profile, results_path
 
 
-def kernel_config():
+def kernel_config() -> Config:
     """Kernel manager settings: CurveZMQ keys for the kernel's sockets where jupyter_client can.
 
     Without keys, ipykernel 7 warns "Kernel is running over TCP without encryption" for every
@@ -21,7 +23,6 @@ def kernel_config():
     """
     import zmq
     from jupyter_client.manager import KernelManager
-    from traitlets.config import Config
 
     config = Config()
     if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
@@ -29,14 +30,15 @@ def kernel_config():
     return config
 
 
-def warnings_in(outputs) -> list[str]:
+def warnings_in(outputs: Sequence[Mapping]) -> list[str]:
     """The stderr outputs of one cell that hold a warning: an executed notebook should have none."""
     return [out.get("text", "") for out in outputs
             if out.get("output_type") == "stream" and out.get("name") == "stderr"
             and re.search(r"warning", out.get("text", ""), re.I)]
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, float, str, list]:
+def run_notebook(path: Path, out_dir: Path,
+                 timeout: int = 1800) -> tuple[str, float, str, list[str]]:
     """Execute one notebook into out_dir; return (status, minutes, error summary, warnings)."""
     import nbformat
     from nbclient import NotebookClient
