@@ -11,13 +11,29 @@ UV := $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 SAT_PROFILE ?= shapes
 export PYTHONHASHSEED := 0
 
+TORCH := torch==2.14.1 torchvision==0.29.1
+# The lower-bound environment: the package's runtime dependencies at the lowest versions
+# pyproject.toml allows (uv's lowest-direct), the test tools at their newest.
+LOWEST := .venv-lowest
+UV_LOWEST := $(LOWEST)/bin/uv pip install -q --compile-bytecode --python $(LOWEST)/bin/python
+QUICK := SAT_PROFILE=quick OMP_NUM_THREADS=1
+PYTEST := -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
+
 .PHONY: course test lab lint bench student clean
+.PHONY: test-lowest test-browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(UV) torch==2.14.1 torchvision==0.29.1 -e ".[dev,coco,teach]"
+	$(UV) $(TORCH) -e ".[dev,coco,teach]"
 	touch $(STAMP)
+
+$(LOWEST)/.installed: pyproject.toml  # anew: uv would keep a version above a lowered bound
+	rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q --disable-pip-version-check uv
+	$(UV_LOWEST) --resolution lowest-direct $(TORCH) -e ".[coco]"
+	$(UV_LOWEST) -e ".[dev,coco,teach]"
+	touch $@
 
 course: $(STAMP)  ## run the whole series on the Shapes data, offline
 	SAT_PROFILE=$(SAT_PROFILE) $(BIN)/sat course --out build
@@ -25,8 +41,17 @@ course: $(STAMP)  ## run the whole series on the Shapes data, offline
 # One thread per process: the tests and notebook kernels are tiny, and on a shared 2-core
 # machine OpenMP's spinning threads made them several times slower.
 test: $(STAMP)  ## pytest + nbval of every notebook on the quick profile
-	SAT_PROFILE=quick OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests notebooks --nbval-lax \
-		-p no:cacheprovider --durations=30
+	$(QUICK) $(BIN)/python $(PYTEST) --durations=30
+
+test-lowest: $(LOWEST)/.installed  ## the same tests with every dependency at its lower bound
+	$(QUICK) SAT_LOWEST=1 $(LOWEST)/bin/python $(PYTEST)
+
+# Needs Debian's chromium and chromium-driver (installed here when missing; apt-get needs root).
+test-browser: $(STAMP)  ## notebook 05's explorer driven in JupyterLab in headless Chromium
+	command -v chromedriver > /dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver > /dev/null)
+	test -f $(VENV)/.browser || ($(UV) -e ".[lab]" "selenium>=4.10" && touch $(VENV)/.browser)
+	$(QUICK) SAT_BROWSER=1 $(BIN)/python -m pytest -q tests/test_browser.py -p no:cacheprovider
 
 lab: $(STAMP)  ## open the notebooks in JupyterLab (adds the lab extra to .venv once)
 	test -f $(VENV)/.lab || ($(UV) -e ".[lab]" && touch $(VENV)/.lab)

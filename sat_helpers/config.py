@@ -14,6 +14,8 @@ from pathlib import Path
 
 GITHUB_REPO = "sat-course/show-attend-tell"
 """OWNER/REPO of the course on GitHub: the Colab links and the Colab install use it."""
+COURSE_RELEASE = "v0.2.0"
+"""The git tag every notebook's Colab setup cell installs; pyproject.toml's version matches it."""
 
 DATASETS = ("shapes", "flickr8k", "flickr30k", "coco", "custom")
 

@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+from traitlets.config import Config
 
 from .config import get_profile, results_path
 
 
-def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, float, str]:
-    """Execute one notebook into out_dir; return (status, minutes, error summary)."""
+def kernel_config() -> Config:
+    """Kernel manager settings: CurveZMQ keys for the kernel's sockets where jupyter_client can.
+
+    Without keys, ipykernel 7 warns "Kernel is running over TCP without encryption" for every
+    kernel; jupyter_client (8.10 on) provisions them only when told to.
+    """
+    import zmq
+    from jupyter_client.manager import KernelManager
+
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
+def warnings_in(outputs: Sequence[Mapping]) -> list[str]:
+    """The stderr outputs of one cell that hold a warning: an executed notebook should have none."""
+    return [out.get("text", "") for out in outputs
+            if out.get("output_type") == "stream" and out.get("name") == "stderr"
+            and re.search(r"warning", out.get("text", ""), re.I)]
+
+
+def run_notebook(path: Path, out_dir: Path,
+                 timeout: int = 1800) -> tuple[str, float, str, list[str]]:
+    """Execute one notebook into out_dir; return (status, minutes, error summary, warnings)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -22,13 +48,15 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[str, f
     start = time.perf_counter()
     status, error = "ok", ""
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", config=kernel_config(),
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except CellExecutionError as exc:
         status, error = "FAILED", str(exc).strip().splitlines()[-1][:200]
     minutes = (time.perf_counter() - start) / 60
     nbformat.write(nb, out_dir / path.name)
-    return status, minutes, error
+    warned = [text for cell in nb.cells if cell.cell_type == "code"
+              for text in warnings_in(cell.get("outputs", []))]
+    return status, minutes, error, warned
 
 
 def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) -> bool:
@@ -43,9 +71,11 @@ def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) 
     rows = []
     for path in paths:
         print(f"running {path.name} on profile {profile.name!r} ...", flush=True)
-        status, minutes, error = run_notebook(path, out_nb)
+        status, minutes, error, warned = run_notebook(path, out_nb)
         rows.append({"notebook": path.name, "status": status, "minutes": round(minutes, 2),
-                     "error": error})
+                     "warnings": len(warned), "error": error})
+        for text in warned:
+            print(f"  {path.name} printed a warning: {text.strip()[:300]}", flush=True)
     table = pd.DataFrame(rows)
     results_file = results_path(profile)
     headline = json.loads(results_file.read_text()) if results_file.exists() else {}

@@ -35,7 +35,7 @@ COCO_INSTALL_HINT = (
 JAVA_INSTALL_HINT = (
     "pycocoevalcap runs Java for its tokeniser and METEOR, and no `java` is on PATH. Install a "
     "Java runtime (JRE 8 or newer: `sudo apt-get install default-jre`, `brew install openjdk`, "
-    "or https://adoptium.net), then restart the kernel. On Colab Java is already there"
+    "or https://adoptium.net), then restart the kernel. On Colab the setup cell installs it"
 )
 WORD_CLASSES = ("shape", "colour", "size")
 """The attributes a caption word can name (from ``sat_helpers.shapes.OBJECT_WORDS``)."""

@@ -145,7 +145,9 @@ class Explorer:
                                          description="your image")
         self.beam = widgets.IntSlider(value=beam_size, min=1, max=10, description="beam size")
         self.word = widgets.IntSlider(value=0, min=0, max=0, description="word")
-        self.picture = widgets.Image(format="png")
+        # drawn `width` pixels wide, shown at that size (not stretched to the output's width)
+        self.picture = widgets.Image(format="png", width=width,
+                                     layout=widgets.Layout(width=f"{width}px"))
         self.text = widgets.HTML()
         self.status = widgets.HTML()
         self.ui = widgets.VBox([widgets.HBox([self.choose, self.upload]), self.beam, self.word,
@@ -195,7 +197,8 @@ class Explorer:
         i = self.word.value
         shown = [f"<b><u>{w}</u></b>" if j == i else w for j, w in enumerate(words)]
         self.text.value = (f"<p style='font-size:1.2em'>{' '.join(shown)}</p>"
-                           f"<small>log p = {self.caption.score:.2f}</small>")
+                           f"<small>beam {self.beam.value}, log p = {self.caption.score:.2f}"
+                           "</small>")
         img = image_array(self.images[self.choose.value])
         heat = attention_maps(self.caption.alphas[i], img.shape[:2], self.smooth)[0]
         self.picture.value = _png(overlay(img, heat), self.width)

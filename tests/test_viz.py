@@ -92,6 +92,7 @@ def test_explorer_driven_by_its_widgets(device):
     assert ex.picture.value != before and "<u>" in ex.text.value
     ex.beam.value = 4
     assert ex.caption.tokens == beam_search(dec, feats["green"], 4, 6, vocab=vocab)[0].tokens
+    assert "beam 4," in ex.text.value
     ex.choose.value = "tensor"
     assert ex.caption.tokens == beam_search(dec, feats["tensor"], 4, 6, vocab=vocab)[0].tokens
 
