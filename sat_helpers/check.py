@@ -358,7 +358,7 @@ def _loss_hint(got, scores, alphas, captions, lengths, lam, parts) -> str | None
             "the targets are not shifted: scores[:, t] predicts captions[:, t + 1], the word "
             "after the input": (unshifted * real).sum() / real.sum() + pen,
             "the doubly stochastic penalty is missing: add λ · mean_i (1 − Σ_t α_ti)² over the "
-            "real steps": torch.tensor(parts["ce"]),
+            "real steps": torch.as_tensor(parts["ce"]),
             "averaged per caption, then over captions: the course averages over all real "
             "words of the batch at once": ((per_word * real).sum(1) / real.sum(1)).mean() + pen,
             "the penalty counts the padding steps: pass lengths − 1 (the real steps) to it":
