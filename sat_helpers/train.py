@@ -333,10 +333,12 @@ class Trainer:
         return pd.DataFrame(self.log, columns=LOG_COLUMNS)
 
     # -- one step, one epoch ----------------------------------------------------------------
-    def train_step(self, x: Tensor, captions: Tensor, lengths: Tensor) -> float:
+    def train_step(self, x: Tensor, captions: Tensor, lengths: Tensor) -> Tensor:
         """One optimiser step on one batch (loss, backward, clipping, Adam); the batch's loss.
 
-        The model's train/eval mode is the caller's: ``train_epoch`` sets train mode.
+        The loss comes back detached, as a tensor on the device: ``.item()`` reads it (and on a
+        GPU waits for the step). The model's train/eval mode is the caller's: ``train_epoch``
+        sets train mode.
         """
         captions = captions.to(self.device)
         n_tokens = (lengths - 1).sum().to(self.device, torch.float32)
@@ -355,7 +357,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(params, self.profile.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach().item()
+        return loss.detach()
 
     def train_epoch(self) -> float:
         """One pass over the epoch's captions; the mean loss over all ranks' batches."""
@@ -368,7 +370,7 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False,
                    disable=self.rank != 0)
         for x, captions, lengths in bar:
-            value = self.train_step(x, captions, lengths)
+            value = self.train_step(x, captions, lengths).item()
             total += torch.tensor([value, 1.0], dtype=torch.float64)
             bar.set_postfix(loss=f"{value:.3f}")
         if self.world > 1:
