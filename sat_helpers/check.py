@@ -231,7 +231,7 @@ def cut_classifier(fn: Callable[[nn.Module], nn.Module]) -> None:
 
 @_own_rng
 def attention(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
-    """fn(a, h, W_a, b, W_h, w) -> (z_hat (B, k, D), alpha (B, k, P)) for k questions per image."""
+    """fn(a, h, W_a, b, W_h, w) -> (z_hat (B, k, D), alpha (B, k, L)) for k questions per image."""
     name = "attention"
     cases = [(2, 6, 5, 3, 4, 7), (1, 4, 3, 1, 2, 5), (3, 9, 2, 4, 6, 3)]  # B, P, D, k, A, n
     for B, P, D, k, A, n in cases:
@@ -277,7 +277,7 @@ def attention(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
 
 @_own_rng
 def penalty(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
-    """fn(alphas (B, T, P), lengths (B,), lam) -> the doubly stochastic penalty, a 0-d tensor."""
+    """fn(alphas (B, T, L), lengths (B,), lam) -> the doubly stochastic penalty, a 0-d tensor."""
     name = "penalty"
     g = torch.Generator().manual_seed(3)
     cases = [((2, 5, 4), [5, 3], 1.0), ((3, 4, 6), [2, 4, 1], 0.5), ((1, 3, 9), [3], 2.0)]
@@ -597,7 +597,7 @@ def surrogate(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
 
 @_own_rng
 def entropy(fn: Callable[[Tensor], Tensor]) -> None:
-    """fn(alphas (..., P)) -> H[α] in nats over the last axis, as ``hard.attention_entropy``."""
+    """fn(alphas (..., L)) -> H[α] in nats over the last axis, as ``hard.attention_entropy``."""
     name = "entropy"
     g = torch.Generator().manual_seed(6)
     one_hot = torch.eye(5)[[0, 3]]

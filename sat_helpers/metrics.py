@@ -1,9 +1,12 @@
 """Scoring captions: corpus BLEU (nltk), the COCO caption toolkit, and the pointing game.
 
-BLEU here is the one the papers report: corpus-level, modified (clipped) n-gram precisions
-combined by a geometric mean, the brevity penalty from the reference length closest to each
-hypothesis, no smoothing. ``bleu_scores`` needs only nltk; ``coco_scores`` adds METEOR,
-ROUGE-L and CIDEr through ``pycocoevalcap`` (the ``coco`` extra, which needs Java).
+BLEU here is the one the COCO caption toolkit (coco-caption, ``pycocoevalcap``) computes:
+corpus-level, modified (clipped) n-gram precisions combined by a geometric mean, no smoothing,
+times the brevity penalty from the reference length closest to each hypothesis. Xu et al.
+(2015, Sec. 5.2) report BLEU without a brevity penalty, so their numbers are upper bounds of
+this one's; ``bleu_counts`` gives the totals to compute either. ``bleu_scores`` needs only
+nltk; ``coco_scores`` adds METEOR, ROUGE-L and CIDEr through ``pycocoevalcap`` (the ``coco``
+extra, which needs Java).
 
 The pointing game asks, for every object a generated caption names, whether the attention of
 the words naming it peaks inside the object's box (the Shapes dataset knows every box).

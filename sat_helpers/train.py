@@ -420,7 +420,33 @@ class Trainer:
         """The epoch table."""
         return pd.DataFrame(self.log, columns=LOG_COLUMNS)
 
-    # -- one epoch --------------------------------------------------------------------------
+    # -- one step, one epoch ----------------------------------------------------------------
+    def train_step(self, x: Tensor, captions: Tensor, lengths: Tensor) -> Tensor:
+        """One optimiser step on one batch (loss, backward, clipping, Adam); the batch's loss.
+
+        The loss comes back detached, as a tensor on the device: ``.item()`` reads it (and on a
+        GPU waits for the step). The model's train/eval mode is the caller's: ``train_epoch``
+        sets train mode.
+        """
+        captions = captions.to(self.device)
+        n_tokens = (lengths - 1).sum().to(self.device, torch.float32)
+        if self.world > 1:
+            dist.all_reduce(n_tokens)
+            n_tokens = n_tokens / self.world
+        if hasattr(self.loss_fn, "before_batch"):  # hard attention: sample or expect
+            self.loss_fn.before_batch(self.model)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            out = self.ddp(x.to(self.device, non_blocking=True), captions, lengths)
+        loss, _ = self.loss_fn(out, captions, lengths, self.profile, n_tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.profile.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
     def train_epoch(self) -> float:
         """One pass over the epoch's captions; the mean loss over all ranks' batches."""
         self.epoch_set.set_epoch(self.epoch)
@@ -433,25 +459,9 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False,
                    disable=self.rank != 0)
         for x, captions, lengths in bar:
-            captions = captions.to(self.device)
-            n_tokens = (lengths - 1).sum().to(self.device, torch.float32)
-            if self.world > 1:
-                dist.all_reduce(n_tokens)
-                n_tokens = n_tokens / self.world
-            if hasattr(self.loss_fn, "before_batch"):  # hard attention: sample or expect
-                self.loss_fn.before_batch(self.model)
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                out = self.ddp(x.to(self.device, non_blocking=True), captions, lengths)
-            loss, _ = self.loss_fn(out, captions, lengths, self.profile, n_tokens)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.profile.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            loss_sum += loss.detach()
-            window.append(loss.detach())
+            loss = self.train_step(x, captions, lengths)
+            loss_sum += loss
+            window.append(loss)
             steps += 1
             if steps % check_every == 0 or steps == len(self.loader):
                 self._check_finite(window, steps)  # reading the loss waits for the GPU
