@@ -172,9 +172,12 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def make_flickr8k(mirror: Path, n: int = 14, seed: int = 8) -> Lookalike:
-    """Flickr8k_Dataset.zip, Flickr8k_text.zip and dataset_flickr8k.json under ``mirror``."""
-    splits = ["train"] * (n - 6) + ["val"] * 3 + ["test"] * 3
+def make_flickr8k(mirror: Path, n: int = 29, seed: int = 8) -> Lookalike:
+    """Flickr8k_Dataset.zip, Flickr8k_text.zip and dataset_flickr8k.json under ``mirror``.
+
+    29 photos: 11 train, 8 val and 6 test ones decode, as many as the notebooks' examples use.
+    """
+    splits = ["train"] * (n - 16) + ["val"] * 9 + ["test"] * 7
     names = [(f"{1000268201 + 7919 * i}_{hashlib.md5(bytes([i])).hexdigest()[:10]}.jpg", s, "")
              for i, s in enumerate(splits)]
     photos = make_photos(names, seed)
@@ -282,10 +285,11 @@ def point_downloads_at(monkeypatch, base: str, *lookalikes: Lookalike) -> None:
 # ---------------------------------------------------------------- weights
 
 def fake_torchvision_weights(torch_home: Path, arch: str = "resnet101") -> Path:
-    """Random ImageNet weights for ``arch`` at the path torchvision's cache looks for them.
+    """Random ImageNet weights for the ResNet ``arch`` where torchvision's cache looks for them.
 
-    The BatchNorm statistics are measured on noise images, so features stay in float16's range
-    (raw random weights overflow through 33 residual blocks).
+    Like a trained ResNet's, each residual branch starts small and the BatchNorm statistics are
+    measured (on noise images), so the features have about the scale of real ones (mean 0.5,
+    at most a few units); raw random weights grow through the 33 blocks and overflow float16.
     """
     import torch
     import torchvision
@@ -302,6 +306,8 @@ def fake_torchvision_weights(torch_home: Path, arch: str = "resnet101") -> Path:
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # a plain average over the calibration batches
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            torch.nn.init.constant_(module.bn3.weight, 0.2)
     model.train()
     with torch.no_grad():
         for _ in range(2):
