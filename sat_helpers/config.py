@@ -71,6 +71,7 @@ class Profile:
     expect_bleu4: float = 0.5
     expect_pointing: float = 0.7
     expect_hard_over_soft: float = 0.0  # hard BLEU-4 >= this x soft's, sharper maps (0: no claim)
+    ci_scale: bool = False  # the tests' scale: notebooks skip METEOR's Java start, timing asserts
 
     def to_dict(self) -> dict:
         """The profile as plain data (for manifests and checkpoints)."""
@@ -80,6 +81,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
+        ci_scale=True,
         shapes_images=60,
         shapes_val_fraction=0.2,
         shapes_test_fraction=0.2,
@@ -128,7 +130,7 @@ PROFILES["photos_quick"] = replace(
     PROFILES["flickr8k"], name="photos_quick", image_size=64, grid=4, min_word_freq=1,
     max_len=20, embed_dim=32, att_dim=32, dec_dim=64, batch_size=16, lr=1e-3, epochs=2,
     train_minutes=5.0, num_workers=0, feature_batch_size=8, decode_max_len=12,
-    expect_bleu4=0.0)
+    expect_bleu4=0.0, ci_scale=True)
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

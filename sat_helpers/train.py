@@ -44,7 +44,7 @@ from .search import greedy_search
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_bleu4", "lr", "seconds"]
 # Profile fields that do not change what training produces (decoding, expectations, speed).
 NOT_TRAINING = ("name", "beam_size", "decode_max_len", "expect_bleu4", "expect_pointing",
-                "expect_hard_over_soft", "num_workers", "feature_batch_size")
+                "expect_hard_over_soft", "ci_scale", "num_workers", "feature_batch_size")
 
 
 def run_dir(profile: Profile, attention: str = "soft") -> Path:
