@@ -284,25 +284,27 @@ def point_downloads_at(monkeypatch, base: str, *lookalikes: Lookalike) -> None:
 
 # ---------------------------------------------------------------- weights
 
-def fake_torchvision_weights(torch_home: Path, arch: str = "resnet101") -> Path:
-    """Random ImageNet weights for the ResNet ``arch`` where torchvision's cache looks for them.
+def fake_torchvision_weights(torch_home: Path, encoder: str = "resnet101") -> Path:
+    """Random ImageNet weights of a torchvision encoder, where torchvision's cache looks for them.
 
-    Like a trained ResNet's, each residual branch starts small and the BatchNorm statistics are
+    ``encoder`` is a name of sat_helpers' registry; its spec names the torchvision weights. As in
+    a trained ResNet, each residual branch starts small and the BatchNorm statistics are
     measured (on noise images), so the features have about the scale of real ones (mean 0.5,
     at most a few units); raw random weights grow through the 33 blocks and overflow float16.
     """
     import torch
     import torchvision
 
-    from sat_helpers.encoder import TORCHVISION_WEIGHTS
+    from sat_helpers.encoder import TORCHVISION_WEIGHTS, get_spec
 
-    enum_name, member = TORCHVISION_WEIGHTS[arch].split(".")
+    weights = next(w for w in TORCHVISION_WEIGHTS.values() if w in get_spec(encoder).weights)
+    enum_name, member = weights.split(".")
     url = getattr(torchvision.models, enum_name)[member].url
     path = torch_home / "hub" / "checkpoints" / Path(urlparse(url).path).name
     if path.is_file():
         return path
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None)
+    model = getattr(torchvision.models, enum_name.removesuffix("_Weights").lower())(weights=None)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # a plain average over the calibration batches
