@@ -5,7 +5,7 @@ names, same archive layouts: ``Flicker8k_Dataset/`` with macOS ``__MACOSX/`` jun
 ``train2014/`` and ``val2014/``, Karpathy JSON files with COCO's ``filepath`` and ``restval``)
 and returns a ``Lookalike`` that says what a correct download and preparation must produce.
 The photos come in the sizes and modes real datasets have: landscape and portrait RGB,
-grayscale, CMYK, one stored sideways with an EXIF orientation, and one truncated JPEG.
+grayscale, CMYK, stored sideways with an EXIF orientation, and truncated (one photo in six).
 
 ``serve`` puts a mirror folder on 127.0.0.1; ``point_downloads_at`` sets the base URLs and
 checksums of ``sat_helpers.download`` (its module constants, meant for mirrors) to it.
@@ -66,16 +66,15 @@ class Lookalike:
     dataset: str
     mirror: Path
     photos: list[Photo]
-    md5: dict[str, str] = field(default_factory=dict)  # archive name -> md5
+    md5: dict[str, str] = field(default_factory=dict)  # keyed as FLICKR8K_MD5 / COCO_MD5 are
 
     def by_kind(self, kind: str) -> Photo:
         """The first photo of a kind (``KINDS``)."""
         return next(p for p in self.photos if p.kind == kind)
 
-    def readable(self, split: str | None = None) -> list[Photo]:
-        """The photos a preparation keeps (all but the truncated one), of one Karpathy split."""
-        return [p for p in self.photos if p.kind != "truncated"
-                and (split is None or p.split == split)]
+    def readable(self, split: str) -> list[Photo]:
+        """The photos of a Karpathy split that a preparation keeps (all but the truncated)."""
+        return [p for p in self.photos if p.kind != "truncated" and p.split == split]
 
 
 # ---------------------------------------------------------------- photos

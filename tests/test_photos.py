@@ -54,25 +54,21 @@ def photos(tmp_path_factory):
         yield looks
 
 
-def _report_and_meta(prepared: Path) -> tuple[PrepareReport, dict[str, list[dict]]]:
-    meta = {s: json.loads((prepared / f"{s}_meta.json").read_text()) for s in ("train", "val",
-                                                                               "test")}
-    return PrepareReport.load(prepared), meta
-
-
 def _check_prepared(prepared: Path, look, splits: dict[str, tuple[str, ...]]) -> None:
     """Every readable photo kept once, the truncated ones counted, modes and EXIF handled."""
-    report, meta = _report_and_meta(prepared)
+    report = PrepareReport.load(prepared)
+    meta = {s: json.loads((prepared / f"{s}_meta.json").read_text()) for s in splits}
+    size = get_profile("photos_quick").image_size
     for split, karpathy in splits.items():
         expected = {p.filename for p in look.photos
                     if p.split in karpathy and p.kind != "truncated"}
         assert {m["filename"] for m in meta[split]} == expected, split
         images = np.load(prepared / f"{split}_images.npy")
-        assert images.shape == (len(expected), 64, 64, 3)
+        assert images.shape == (len(expected), size, size, 3)
         # every look-alike photo is bright along the top of its displayed view: EXIF rotation
         # applied, CMYK not inverted, grayscale made RGB
-        assert (images[:, :8].mean(axis=(1, 2, 3)) > 230).all(), split
-        assert (images[:, 24:].mean(axis=(1, 2, 3)) < 200).all(), split
+        assert (images[:, : size // 8].mean(axis=(1, 2, 3)) > 230).all(), split
+        assert (images[:, size // 3:].mean(axis=(1, 2, 3)) < 200).all(), split
     truncated = sorted(p.filename for p in look.photos if p.kind == "truncated")
     assert sorted(Path(b).name for b in report.bad_images) == truncated
     rotated = look.by_kind("exif_rotated")
