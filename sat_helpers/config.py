@@ -128,7 +128,7 @@ PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", ex
 # Flickr8k it would train a toy model, so it expects nothing.
 PROFILES["photos_quick"] = replace(
     PROFILES["flickr8k"], name="photos_quick", image_size=64, grid=4, min_word_freq=1,
-    max_len=20, embed_dim=32, att_dim=32, dec_dim=64, batch_size=16, lr=1e-3, epochs=2,
+    max_len=20, embed_dim=32, att_dim=32, dec_dim=64, batch_size=16, lr=3e-3, epochs=2,
     train_minutes=5.0, num_workers=0, feature_batch_size=8, decode_max_len=12,
     expect_bleu4=0.0, ci_scale=True)
 
