@@ -30,7 +30,7 @@ from lookalike import (
 from nbclient import NotebookClient
 
 from sat_helpers import cli
-from sat_helpers.config import data_root, get_profile
+from sat_helpers.config import Profile, data_root, get_profile
 from sat_helpers.data import PrepareReport, Vocab, ensure_dataset
 from sat_helpers.encoder import sample_images
 from sat_helpers.train import run_dir, train
@@ -52,6 +52,13 @@ def photos(tmp_path_factory):
         mp.setenv("SAT_PROFILE", "photos_quick")
         point_downloads_at(mp, base, *looks.values())
         yield looks
+
+
+def _toy(name: str) -> Profile:
+    """The real profile ``name`` at photos_quick's toy sizes; its other fields (coco's) kept."""
+    toy, flickr8k = get_profile("photos_quick").to_dict(), get_profile("flickr8k").to_dict()
+    sizes = {k: v for k, v in toy.items() if v != flickr8k[k] and k != "name"}
+    return replace(get_profile(name), **sizes, name=f"photos_quick_{name}")
 
 
 def _check_prepared(prepared: Path, look, splits: dict[str, tuple[str, ...]]) -> None:
@@ -133,7 +140,7 @@ def test_flickr8k_download_to_caption(photos, capsys):
 
 def test_coco_download_to_caption(photos, capsys):
     look = photos["coco"]
-    profile = replace(get_profile("photos_quick"), name="photos_quick_coco", dataset="coco")
+    profile = _toy("coco")
     prepared = ensure_dataset(profile)
     coco = data_root() / "raw" / "coco"
     for folder in ("train2014", "val2014"):
@@ -159,8 +166,7 @@ def test_flickr30k_put_by_hand_is_prepared(photos):
     by_hand = data_root() / "raw" / "flickr30k"
     by_hand.mkdir(parents=True, exist_ok=True)
     shutil.copy(look.mirror / "by_hand" / "flickr30k-images.tar.gz", by_hand)
-    prepared = ensure_dataset(replace(get_profile("photos_quick"), name="photos_quick_30k",
-                                      dataset="flickr30k"))
+    prepared = ensure_dataset(_toy("flickr30k"))
     assert (data_root() / "raw" / "karpathy" / "dataset_flickr30k.json").is_file()
     _check_prepared(prepared, look, {"train": ("train",), "val": ("val",), "test": ("test",)})
 
