@@ -41,3 +41,11 @@ bench: $(STAMP)  ## the benchmarks/ tables
 
 clean:
 	rm -rf build
+
+# On a Linux machine with an NVIDIA GPU: pytest, every notebook (quick), torchrun under NCCL and
+# a resume, benchmarks/bench_gpu.py (tests/gpu_check.sh; README "GPU check"). With
+# PYTHON=/path/to/python it runs with that interpreter and installs nothing (offline machines).
+GPU_CHECK_PY := $(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(BIN)/python)
+.PHONY: gpu-check
+gpu-check: $(if $(filter command line,$(origin PYTHON)),,$(STAMP))
+	bash tests/gpu_check.sh $(GPU_CHECK_PY)

@@ -76,25 +76,26 @@ def seed_beam_search(dec: AttentionDecoder, feats: torch.Tensor, k: int, max_len
     feats = feats.unsqueeze(0).expand(k, -1, -1).contiguous()  # (k, P, E): a copy per beam
     mean = feats.mean(1)
     h, c = torch.tanh(dec.init_h(mean)), torch.tanh(dec.init_c(mean))
-    scores = torch.full((k,), -math.inf)
+    scores = torch.full((k,), -math.inf, device=feats.device)
     scores[0] = 0.0
-    prev = torch.full((k,), vocab.start_id)
+    prev = torch.full((k,), vocab.start_id, device=feats.device)
     seqs: list[list[int]] = [[] for _ in range(k)]
     best_done, best_seq = -math.inf, None
     for _ in range(max_len):
         log_probs, h, c = seed_step(dec, feats, h, c, prev)
         log_probs[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = -math.inf
         top, ids = (scores.unsqueeze(1) + log_probs).flatten().topk(2 * k)
-        beams, tokens = (ids // VOCAB).tolist(), (ids % VOCAB).tolist()
+        vocab_size = log_probs.shape[-1]
+        beams, tokens = (ids // vocab_size).tolist(), (ids % vocab_size).tolist()
         for j in range(k):  # an <end> among the k best finishes a hypothesis
             if tokens[j] == vocab.end_id and float(top[j]) > best_done:
                 best_done, best_seq = float(top[j]), seqs[beams[j]]
         keep = [j for j in range(2 * k) if tokens[j] != vocab.end_id][:k]
-        pick = torch.tensor([beams[j] for j in keep])
+        pick = torch.tensor([beams[j] for j in keep], device=feats.device)
         h, c, scores = h[pick], c[pick], top[keep]
         feats = feats[pick]  # the seed reorders the annotation vectors with the beams
         seqs = [seqs[beams[j]] + [tokens[j]] for j in keep]
-        prev = torch.tensor([tokens[j] for j in keep])
+        prev = torch.tensor([tokens[j] for j in keep], device=feats.device)
         if best_done >= float(scores.max()):
             return best_seq
     return best_seq if best_seq is not None else seqs[int(scores.argmax())]

@@ -10,11 +10,27 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def _data(args: argparse.Namespace) -> int:
-    """Build (or reuse) the profile's prepared dataset and print where it is."""
-    from .config import get_profile
-    from .data import ensure_dataset
+    """Build (or reuse) the profile's prepared dataset and print where it is.
 
-    print(ensure_dataset(get_profile(args.profile)))
+    With ``--captions FILE --images DIR``: your own photos and captions become the dataset
+    of the ``custom`` profile first.
+    """
+    from .config import get_profile
+    from .data import DatasetError, ensure_dataset, make_custom_dataset
+
+    if (args.captions is None) != (args.images is None):
+        return _fail("data", "--captions FILE and --images DIR go together: the CSV or TSV of "
+                     "(image file, caption) rows and the folder its image paths start from")
+    profile = get_profile(args.profile or ("custom" if args.captions else None))
+    try:
+        if args.captions:
+            if profile.dataset != "custom":
+                return _fail("data", f"--captions makes the 'custom' dataset, but profile "
+                             f"{profile.name!r} uses {profile.dataset!r}; pass --profile custom")
+            print(f"wrote {make_custom_dataset(args.captions, args.images, args.seed)}")
+        print(ensure_dataset(profile))
+    except DatasetError as err:
+        return _fail("data", str(err))
     return 0
 
 
@@ -150,7 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="generate/download and prepare the profile's dataset")
-    p.add_argument("--profile", default=None, help="profile name (default: $SAT_PROFILE or shapes)")
+    p.add_argument("--profile", default=None, help="profile name (default: $SAT_PROFILE or "
+                   "shapes; custom with --captions)")
+    p.add_argument("--captions", default=None, metavar="FILE",
+                   help="your own CSV or TSV of (image file, caption) rows")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="the folder the image files of --captions are in")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --captions split")
     p.set_defaults(func=_data)
 
     p = sub.add_parser("train", help="train the profile's decoder (resumes; works under torchrun)")

@@ -15,7 +15,7 @@ from pathlib import Path
 GITHUB_REPO = "sat-course/show-attend-tell"
 """OWNER/REPO of the course on GitHub: the Colab links and the Colab install use it."""
 
-DATASETS = ("shapes", "flickr8k", "flickr30k", "coco")
+DATASETS = ("shapes", "flickr8k", "flickr30k", "coco", "custom")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class Profile:
     grid: int = 14
     fine_tune: bool | int = False
     feature_batch_size: int = 32
+    # frozen encoder: cache every split's features (False: only val and test are cached, and
+    # training runs the encoder on the device from the uint8 image array; COCO's train cache
+    # would be 91 GB)
+    feature_cache: bool = True
     # decoder
     embed_dim: int = 128
     att_dim: int = 128
@@ -64,6 +68,8 @@ class Profile:
     early_stop_patience: int = 8
     num_workers: int = 0
     seed: int = 0
+    amp: str = "auto"  # CUDA: "auto" = bf16 where the GPU has it, else fp16; "bf16", "fp16", "off"
+    deterministic: bool = False  # CUDA: deterministic kernels, so that resume is exact there too
     # decoding and evaluation
     beam_size: int = 3
     decode_max_len: int = 20
@@ -99,10 +105,11 @@ PROFILES: dict[str, Profile] = {
     # λ = 0 on Shapes: with λ = 1 its attention spread out and pointed at the named object
     # less often (noun phrase 0.74 vs 0.81 on the test split, beam 3; BLEU-4 the same)
     "shapes": Profile(name="shapes", lam=0.0),
+    # 224 px: the dilated ResNet-101's map is a true 14 x 14 (stride 16), never pooled up
     "flickr8k": Profile(
         name="flickr8k",
         dataset="flickr8k",
-        image_size=256,
+        image_size=224,
         min_word_freq=5,
         max_len=50,
         encoder="resnet101",
@@ -132,7 +139,11 @@ PROFILES["photos_quick"] = replace(
     train_minutes=5.0, num_workers=0, feature_batch_size=8, decode_max_len=12,
     expect_bleu4=0.0, ci_scale=True)
 PROFILES["flickr30k"] = replace(PROFILES["flickr8k"], name="flickr30k", dataset="flickr30k")
-PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", expect_bleu4=0.2)
+PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", expect_bleu4=0.2,
+                           feature_cache=False)
+# your own photos and captions: `sat data --captions FILE --images DIR` (sat_helpers.data)
+PROFILES["custom"] = replace(PROFILES["flickr8k"], name="custom", dataset="custom",
+                             min_word_freq=1, expect_bleu4=0.0)
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

@@ -104,6 +104,10 @@ class UnsafeArchiveError(ValueError):
     """An archive member that would land outside the extraction folder, or is a link."""
 
 
+class NotEnoughDiskError(OSError):
+    """A long step would not fit on the disk: the message says how much it needs and where."""
+
+
 class ManualDownloadRequired(FileNotFoundError):
     """A file the code cannot fetch by itself: the message says what to get and where to put it."""
 
@@ -113,6 +117,33 @@ class DatasetFiles(NamedTuple):
 
     karpathy_json: Path
     image_dir: Path
+
+
+# ---------------------------------------------------------------- disk space
+
+
+def check_free_space(folder: str | Path, needed: int, what: str) -> None:
+    """Raise NotEnoughDiskError unless ``folder``'s disk has ``needed`` bytes free for ``what``.
+
+    Called before each long step (download, extraction, preparation, feature cache), so that
+    it fails at once with a number instead of hours later with a full disk.
+    """
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise NotEnoughDiskError(
+            f"{what} needs {_bytes(needed)} free in {folder}, but that disk has only "
+            f"{_bytes(free)} free. Free some space there, or point SAT_DATA at a bigger disk "
+            "(on Colab, the runtime's own disk has about 80 GB free; a mounted Drive is slower).")
+
+
+def _bytes(n: int) -> str:
+    """A byte count as a learner reads it: 12.3 GB, 4.5 MB, 678 bytes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 # ---------------------------------------------------------------- download_url
@@ -167,6 +198,8 @@ def _fetch_with_retries(url: str, part: Path, retries: int, chunk_size: int, tim
                     "the file may have moved (see sat_helpers/download.py for the mirrors)."
                 ) from err
             last: Exception = err
+        except NotEnoughDiskError:
+            raise  # retrying would not free the disk
         except (URLError, http.client.HTTPException, OSError) as err:
             last = err
         if attempt < retries:
@@ -204,6 +237,8 @@ def _fetch(url: str, part: Path, chunk_size: int, timeout: float) -> None:
             offset = 0  # the server ignored Range (200): start again from byte 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
+        if length is not None:
+            check_free_space(part.parent, int(length), f"downloading {url}")
         _stream(response, part, offset, total, chunk_size)
 
 
@@ -364,6 +399,9 @@ def _write_members(archive: Path, out: Path, subdir: str | None, members: list[t
     if not kept:
         tops = sorted({name.split("/")[0] for name, _, _ in members})
         raise ValueError(f"{archive} has no member under {subdir!r}; its top level: {tops}.")
+    needed = sum(getattr(m, "file_size", getattr(m, "size", 0)) for _, kind, m in kept
+                 if kind == "file")
+    check_free_space(out, needed, f"extracting {archive.name}")
     for rel, kind, member in tqdm(kept, desc=f"extract {archive.name}", unit="file"):
         target = out / rel
         if kind == "dir":

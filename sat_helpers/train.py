@@ -6,12 +6,23 @@ validation BLEU-4 improves (both written atomically: a temporary file renamed in
 and ``log.csv``, one row per epoch. A checkpoint holds only plain data and tensors (state
 dicts, epoch, RNG states, the vocabulary as a word list, the profile and the decoder config
 as dicts), so ``torch.load(path, weights_only=True)`` reads it. ``train(..., resume=True)``
-continues from ``last.pt`` and ends with exactly the weights of an uninterrupted run.
+continues from ``last.pt``. How exactly depends on the device: on the CPU the resumed run
+ends with the weights of an uninterrupted run bit for bit. On CUDA some kernels (the
+embedding's and gather's backward, cuBLAS reductions) add in a varying order, so a resumed
+run equals an uninterrupted one up to floating-point order, unless ``profile.deterministic``
+is set: then :func:`use_deterministic` makes those kernels deterministic (slower) and the
+resume exact there too.
 
-The same code runs under ``torchrun --nproc_per_node N``: DistributedDataParallel, a
-DistributedSampler that gives rank r every N-th sample of the global order (so one step
-sees the same B samples as one process at batch B), rank-0 validation, logging and
-checkpointing (gloo on CPU, NCCL on CUDA).
+Precision (``profile.amp``): float32 on the CPU; on CUDA, bfloat16 autocast where the GPU
+has it (Ampere and later; no loss scaling needed), else float16 autocast with a GradScaler.
+
+The same code runs under ``torchrun --nproc_per_node N`` (one machine or several):
+DistributedDataParallel over one module that holds the decoder and, when fine-tuning, the
+encoder (:class:`CaptionModel`, so both are averaged); a DistributedSampler that gives rank
+r every N-th sample of the global order (so one step sees the same B samples as one
+process at batch B); rank-0 validation, logging and checkpointing; resume as above. The
+process group is gloo on the CPU and ``cpu:gloo,cuda:nccl`` on CUDA, so a reduction works
+on whichever device its tensor lives.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
@@ -42,9 +53,17 @@ from .metrics import bleu_scores
 from .search import greedy_search
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_bleu4", "lr", "seconds"]
-# Profile fields that do not change what training produces (decoding, expectations, speed).
+# Profile fields that do not change what training produces (decoding, expectations, speed),
+# or only how it is computed (precision, kernels: like the device, which no run is keyed on).
 NOT_TRAINING = ("name", "beam_size", "decode_max_len", "expect_bleu4", "expect_pointing",
-                "expect_hard_over_soft", "ci_scale", "num_workers", "feature_batch_size")
+                "expect_hard_over_soft", "ci_scale", "num_workers", "feature_batch_size", "amp",
+                "deterministic")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the GPU)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became inf or NaN; the message names the epoch, batch and causes."""
 
 
 def run_dir(profile: Profile, attention: str = "soft") -> Path:
@@ -55,14 +74,16 @@ def run_dir(profile: Profile, attention: str = "soft") -> Path:
 # ------------------------------------------------------------------------------ the loss
 
 def caption_loss(output: DecoderOutput, captions: Tensor, lengths: Tensor, profile: Profile,
-                 n_tokens: Tensor | float | None = None) -> tuple[Tensor, dict[str, float]]:
+                 n_tokens: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Cross-entropy over the real words + the doubly stochastic penalty (paper eq. 14).
 
     ``captions`` (B, T) start with <start>; ``lengths`` count <start> and <end>. The
     cross-entropy is summed over real target tokens and divided by ``n_tokens`` (default:
     their number here; under DDP the global number / world size, so that DDP's averaging of
     gradients gives the mean over every token of the global batch). Returns the loss and
-    its parts as floats. A hard-attention loss replaces this function (``LOSSES``).
+    its parts as detached tensors (``float()`` them to print; reading them every step
+    would make the CPU wait for the GPU). A hard-attention loss replaces this function
+    (``LOSSES``).
     """
     steps = output.scores.shape[1]
     targets = captions[:, 1:steps + 1]
@@ -70,7 +91,7 @@ def caption_loss(output: DecoderOutput, captions: Tensor, lengths: Tensor, profi
     ce = F.cross_entropy(output.scores[real].float(), targets[real], reduction="sum")
     ce = ce / (real.sum() if n_tokens is None else n_tokens)
     penalty = doubly_stochastic_penalty(output.alphas.float(), lengths - 1, profile.lam)
-    return ce + penalty, {"ce": ce.detach().item(), "penalty": penalty.detach().item()}
+    return ce + penalty, {"ce": ce.detach(), "penalty": penalty.detach()}
 
 
 # A class is a loss with state (the hard-attention baseline): each Trainer makes its own.
@@ -147,11 +168,73 @@ def _seed_everything(seed: int) -> None:
 
 
 def _distributed(device: str) -> tuple[int, int]:
-    """(rank, world size): joins torchrun's process group when WORLD_SIZE > 1."""
+    """(rank, world size): joins torchrun's process group when WORLD_SIZE > 1.
+
+    On CUDA the group has both backends, NCCL for CUDA tensors and gloo for CPU ones (and
+    for the pickled objects of ``all_gather_object``), so no reduction meets a backend that
+    cannot hold its tensor.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if str(device).startswith("cuda")
+                                else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def autocast_dtype(profile: Profile, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``profile.amp`` asks for on ``device``; None means float32.
+
+    "auto": bfloat16 on a CUDA GPU that has it natively (compute capability 8.0 and later,
+    Ampere), else float16 on CUDA; float32 on the CPU.
+    "bf16" and "fp16" force one ("bf16" also runs on the CPU; "fp16" needs CUDA); "off": float32.
+    """
+    if profile.amp not in AMP_MODES:
+        raise ValueError(f"amp={profile.amp!r}: use one of {', '.join(AMP_MODES)}.")
+    cuda = device.type == "cuda"
+    if profile.amp == "off" or (profile.amp == "auto" and not cuda):
+        return None
+    if profile.amp == "fp16" and not cuda:
+        raise ValueError("amp='fp16' needs a CUDA device; on the CPU use 'bf16' or 'off'.")
+    # not the emulated bf16 of older GPUs (a T4 says True with emulation, and is slow at it)
+    native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    if profile.amp == "bf16" or (profile.amp == "auto" and native_bf16):
+        return torch.bfloat16
+    return torch.float16
+
+
+def use_deterministic() -> None:
+    """Deterministic kernels everywhere (process-wide), and cuBLAS's fixed workspace for them.
+
+    CUBLAS_WORKSPACE_CONFIG only counts when set before the process's first CUDA matrix
+    product, hence first thing in Trainer; in a session that already used the GPU (a notebook),
+    set it in the environment before starting it.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
+class CaptionModel(nn.Module):
+    """The decoder and, when fine-tuning, the encoder as one module: images or features in.
+
+    DistributedDataParallel wraps this, so the gradients of a fine-tuned encoder are
+    averaged over the processes with the decoder's, and every rank's encoder stays the same.
+    """
+
+    def __init__(self, decoder: AttentionDecoder, encoder: Encoder | None = None,
+                 fine_tune: bool | int = False):
+        super().__init__()
+        self.decoder, self.encoder, self.fine_tune = decoder, encoder, fine_tune
+
+    def annotations(self, x: Tensor) -> Tensor:
+        """Cached features (B, P, E) as they are, or uint8 images (B, 3, H, W) encoded."""
+        if self.encoder is None:
+            return x
+        features = self.encoder(self.encoder.preprocess(x))
+        return features if self.fine_tune else features.half().float()  # as the cache holds
+
+    def forward(self, x: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
+        """Teacher-forced outputs of the batch's features or images."""
+        return self.decoder(self.annotations(x), captions, lengths)
 
 
 def training_config(profile: Profile, attention: str, one_per_image: bool | None = None) -> dict:
@@ -175,7 +258,9 @@ def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
 class Trainer:
     """Everything one training run holds: data, model, optimiser, scheduler, counters, log.
 
-    Frozen encoder (``profile.fine_tune`` false): trains on the cached features. Otherwise
+    Frozen encoder (``profile.fine_tune`` false): trains on the cached features, or, when
+    ``profile.feature_cache`` is off, runs the frozen encoder on the device over the uint8
+    images (rounded to float16 as the cache stores them: the same features). Otherwise
     the images go through the ``Encoder`` every step and its trainable blocks learn at
     ``profile.encoder_lr``. ``one_per_image`` (default: the Shapes data) draws one of the
     five captions of each image per epoch instead of all of them.
@@ -189,6 +274,8 @@ class Trainer:
         if isinstance(self.loss_fn, type):
             self.loss_fn = self.loss_fn(profile)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if profile.deterministic:
+            use_deterministic()
         self.rank, self.world = _distributed(self.device.type)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -206,16 +293,18 @@ class Trainer:
         groups = [{"params": self.model.parameters(), "lr": profile.lr}]
         if self.encoder is not None:
             self.encoder.to(self.device)
-            groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad],
-                           "lr": profile.encoder_lr})
+            if profile.fine_tune:
+                groups.append({"params": [p for p in self.encoder.parameters()
+                                          if p.requires_grad], "lr": profile.encoder_lr})
         self.optimizer = torch.optim.Adam(groups)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=profile.lr_decay,
             patience=max(0, profile.lr_patience - 1), threshold=0.0)
-        self.amp = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 \
-            else self.model
+        self.amp = autocast_dtype(profile, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.caption_model = CaptionModel(self.model, self.encoder, profile.fine_tune)
+        self.ddp = (nn.parallel.DistributedDataParallel(self.caption_model) if self.world > 1
+                    else self.caption_model)
         self.epoch, self.best_bleu4, self.bad_epochs = 0, -1.0, 0
         self.train_seconds, self.finished, self.log = 0.0, False, []
 
@@ -225,12 +314,12 @@ class Trainer:
         p = self.profile
         if self.rank == 0:  # rank 0 builds what is missing, the others wait, then reuse it
             ensure_dataset(p)
-            if not p.fine_tune:
+            if not p.fine_tune and p.feature_cache:
                 ensure_features(p, device=self.device)
         if self.world > 1:
             dist.barrier()
         self.dataset_dir = ensure_dataset(p)
-        if p.fine_tune:
+        if p.fine_tune or not p.feature_cache:
             self.encoder = Encoder(p.encoder, grid=p.grid, fine_tune=p.fine_tune,
                                    image_size=p.image_size)
             self.train_set = CaptionDataset(self.dataset_dir, "train")
@@ -250,8 +339,7 @@ class Trainer:
 
     def annotations(self, x: Tensor) -> Tensor:
         """The batch's annotation vectors: cached features as they are, or images encoded."""
-        x = x.to(self.device, non_blocking=True)
-        return x if self.encoder is None else self.encoder(self.encoder.preprocess(x))
+        return self.caption_model.annotations(x.to(self.device, non_blocking=True))
 
     # -- checkpoints ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -293,7 +381,8 @@ class Trainer:
             self.encoder.load_state_dict(ckpt["encoder"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without float16 (on a CPU, or under bfloat16)
+            self.scaler.load_state_dict(ckpt["scaler"])
         if hasattr(self.loss_fn, "load_state_dict"):
             self.loss_fn.load_state_dict(ckpt["loss_state"])
         self.epoch, self.finished, self.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
@@ -337,10 +426,11 @@ class Trainer:
         """One pass over the epoch's captions; the mean loss over all ranks' batches."""
         self.epoch_set.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch)
-        self.ddp.train()
-        if self.encoder is not None:
-            self.encoder.train()
-        total = torch.zeros(2, dtype=torch.float64)
+        self.ddp.train()  # the decoder and, when fine-tuning, the encoder's trainable blocks
+        loss_sum, steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        # On the CPU every loss is checked as it comes; on a GPU every LOG_EVERY steps (one wait
+        # instead of fifty), still naming the first non-finite batch of the window.
+        window, check_every = [], 1 if self.device.type == "cpu" else LOG_EVERY
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False,
                    disable=self.rank != 0)
         for x, captions, lengths in bar:
@@ -351,8 +441,8 @@ class Trainer:
                 n_tokens = n_tokens / self.world
             if hasattr(self.loss_fn, "before_batch"):  # hard attention: sample or expect
                 self.loss_fn.before_batch(self.model)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                out = self.ddp(self.annotations(x), captions, lengths)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                out = self.ddp(x.to(self.device, non_blocking=True), captions, lengths)
             loss, _ = self.loss_fn(out, captions, lengths, self.profile, n_tokens)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -361,12 +451,40 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.profile.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            value = loss.detach().item()
-            total += torch.tensor([value, 1.0], dtype=torch.float64)
-            bar.set_postfix(loss=f"{value:.3f}")
+            loss_sum += loss.detach()
+            window.append(loss.detach())
+            steps += 1
+            if steps % check_every == 0 or steps == len(self.loader):
+                self._check_finite(window, steps)  # reading the loss waits for the GPU
+                window = []
+                bar.set_postfix(loss=f"{float(loss_sum) / steps:.3f}")
+        total = torch.stack([loss_sum, loss_sum.new_tensor(steps)])
         if self.world > 1:
             dist.all_reduce(total)
         return float(total[0] / total[1])
+
+    def _check_finite(self, window: list[Tensor], steps: int) -> None:
+        """Raise NonFiniteLossError at the first inf or NaN loss of the last ``window`` steps."""
+        losses = torch.stack(window).float().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            batch = steps - len(window) + i + 1
+            raise NonFiniteLossError(self.non_finite_message(float(losses[i]), batch))
+
+    def non_finite_message(self, value: float, batch: int) -> str:
+        """Why training stopped at a non-finite loss, where, and what to try."""
+        p = self.profile
+        return (
+            f"The training loss is {value} at epoch {self.epoch + 1}, batch {batch} of "
+            f"{len(self.loader)} (run {self.out_dir}): training stops at the first non-finite "
+            f"loss, and nothing of this epoch is saved (last.pt, if any, holds epoch "
+            f"{self.epoch}). Likely causes: (1) a learning rate too high (lr={p.lr:g}"
+            f"{f', encoder_lr={p.encoder_lr:g}' if p.fine_tune else ''}): lower it ten-fold; "
+            "(2) overflowing or non-finite features (an encoder with wrong weights; check "
+            "np.isfinite on the cached features, or the images); (3) float16 overflow under "
+            f"mixed precision (on here: {self.amp}): run on the CPU or without autocast to "
+            "see if it is that.")
 
     @torch.no_grad()
     def validate(self, dataset: Dataset | None = None) -> tuple[float, float]:
@@ -381,7 +499,8 @@ class Trainer:
         for x, captions, lengths, _ in tqdm(loader, desc="validating", leave=False,
                                             disable=self.rank != 0):
             captions = captions.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            on_gpu = self.amp is not None and self.device.type == "cuda"
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=on_gpu):
                 feats = self.annotations(x)
                 out = self.model(feats, captions, lengths)
                 caps = greedy_search(self.model, feats, self.profile.decode_max_len,
@@ -451,7 +570,9 @@ def train(profile: Profile, attention: str = "soft", resume: bool = True, *,
 
     ``out_dir`` defaults to ``run_dir(profile, attention)``. A finished run that matches the
     profile returns its log at once; one that does not match, or any run when ``resume`` is
-    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh.
+    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh. A resumed
+    run ends with the weights of an uninterrupted one bit for bit on the CPU; on CUDA up to
+    floating-point order, or exactly with ``profile.deterministic`` (module docstring).
     """
     trainer = Trainer(profile, attention, out_dir, device, one_per_image)
     if not (resume and trainer.resume()) and trainer.rank == 0:

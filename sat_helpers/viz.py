@@ -41,7 +41,7 @@ def image_array(image) -> np.ndarray:
 def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N, 1, H, W) maps, edges padded by reflection."""
     radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     pad = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)

@@ -15,19 +15,19 @@ def assert_close(actual, expected):
     assert torch.allclose(actual, expected, rtol=1e-7, atol=1e-7), (actual - expected).abs().max()
 
 
-def make(cls=SoftAttention, seed=0, positions=P, enc=E):
+def make(cls=SoftAttention, seed=0, positions=P, enc=E, device="cpu"):
     """A float64 attention module with random features (B, P, E) and hidden states (B, D)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    att = cls(enc, D, A).double()
-    features = torch.randn(B, positions, enc, generator=gen, dtype=torch.float64)
-    hidden = torch.randn(B, D, generator=gen, dtype=torch.float64)
+    att = cls(enc, D, A).double().to(device)
+    features = torch.randn(B, positions, enc, generator=gen, dtype=torch.float64).to(device)
+    hidden = torch.randn(B, D, generator=gen, dtype=torch.float64).to(device)
     return att, features, hidden
 
 
 def reference(att, features, hidden):
     """Eq. 4, 5 and 13 written position by position, for comparison."""
-    scores = torch.empty(features.shape[:2], dtype=features.dtype)
+    scores = torch.empty(features.shape[:2], dtype=features.dtype, device=features.device)
     for b in range(features.shape[0]):
         for i in range(features.shape[1]):
             inner = att.W_a.weight @ features[b, i] + att.W_a.bias + att.W_h.weight @ hidden[b]
@@ -37,27 +37,27 @@ def reference(att, features, hidden):
     return context, alpha
 
 
-def test_alpha_is_a_distribution_and_matches_the_equations():
-    att, features, hidden = make()
+def test_alpha_is_a_distribution_and_matches_the_equations(device):
+    att, features, hidden = make(device=device)
     context, alpha = att(features, hidden)
     assert alpha.shape == (B, P) and context.shape == (B, E)
     assert (alpha >= 0).all()
-    assert_close(alpha.sum(1), torch.ones(B, dtype=torch.float64))
+    assert_close(alpha.sum(1), torch.ones(B, dtype=torch.float64, device=device))
     ref_context, ref_alpha = reference(att, features, hidden)
     assert_close(alpha, ref_alpha)
     assert_close(context, ref_context)
 
 
-def test_context_is_the_alpha_weighted_sum():
-    att, features, hidden = make()
+def test_context_is_the_alpha_weighted_sum(device):
+    att, features, hidden = make(device=device)
     context, alpha = att(features, hidden)
     for b in range(B):
         weighted = sum(alpha[b, i] * features[b, i] for i in range(P))
         assert_close(context[b], weighted)
 
 
-def test_projected_path_equals_plain_path_and_is_used():
-    att, features, hidden = make()
+def test_projected_path_equals_plain_path_and_is_used(device):
+    att, features, hidden = make(device=device)
     plain = att(features, hidden)
     hoisted = att(features, hidden, projected=att.project(features))
     for a, b in zip(plain, hoisted, strict=True):
@@ -66,15 +66,19 @@ def test_projected_path_equals_plain_path_and_is_used():
     assert not torch.allclose(other[1], plain[1]), "the projected argument was ignored"
 
 
-def test_scores_without_autograd_equal_scores_with_it():
-    """Decoding scores a few images at a time (in cache); the numbers must not change."""
+def test_scores_without_autograd_equal_scores_with_it(device):
+    """Decoding scores a few images at a time on the CPU (in cache); the numbers must not change.
+
+    (Elsewhere decoding takes the plain batched path, which this checks against itself.)
+    """
     torch.manual_seed(0)
-    att = SoftAttention(16, 8, 512)
-    projected, query = att.project(torch.randn(6, 196, 16)), att.W_h(torch.randn(6, 5, 8))
+    att = SoftAttention(16, 8, 512).to(device)
+    projected = att.project(torch.randn(6, 196, 16).to(device))
+    query = att.W_h(torch.randn(6, 5, 8).to(device))
     with_grad = att.scores(projected, query)
     with torch.no_grad():
         blocked = att.scores(projected, query)  # (5·196·512 floats per image: 1 per block)
-        mask = torch.rand(6, 196) > 0.3
+        mask = (torch.rand(6, 196) > 0.3).to(device)
         masked = att.scores(projected, query, mask)
     expected = with_grad.detach().masked_fill(~mask.unsqueeze(1), float("-inf"))
     torch.testing.assert_close(masked, expected, rtol=0, atol=1e-6)

@@ -9,13 +9,14 @@ from sat_helpers.decoder import AttentionDecoder
 V, E, P = 11, 6, 5
 
 
-def make(**kw) -> AttentionDecoder:
+def make(device="cpu", **kw) -> AttentionDecoder:
     torch.manual_seed(0)
     dec = AttentionDecoder(V, E, embed_dim=4, dec_dim=7, att_dim=3, **kw).double()
-    return dec.eval()
+    return dec.to(device).eval()
 
 
-def batch(lengths=(5, 3, 6, 2)):
+def batch(lengths=(5, 3, 6, 2), device="cpu"):
+    """Features and captions on ``device``; lengths on the CPU, as the collate makes them."""
     torch.manual_seed(1)
     B, T = len(lengths), max(lengths)
     feats = torch.randn(B, P, E, dtype=torch.float64)
@@ -24,14 +25,14 @@ def batch(lengths=(5, 3, 6, 2)):
     for b, n in enumerate(lengths):
         caps[b, n - 1] = 2
         caps[b, n:] = 0
-    return feats, caps, torch.tensor(lengths)
+    return feats.to(device), caps.to(device), torch.tensor(lengths)
 
 
 @pytest.mark.parametrize("gate", ["scalar", "vector", None])
 @pytest.mark.parametrize("deep_output", [True, False])
-def test_forward_equals_repeated_step(gate, deep_output):
-    dec = make(gate=gate, deep_output=deep_output)
-    feats, caps, lengths = batch()
+def test_forward_equals_repeated_step(gate, deep_output, device):
+    dec = make(device, gate=gate, deep_output=deep_output)
+    feats, caps, lengths = batch(device=device)
     out = dec(feats, caps, lengths)
     state = dec.init_state(feats)
     for t in range(caps.shape[1] - 1):
@@ -42,40 +43,41 @@ def test_forward_equals_repeated_step(gate, deep_output):
         assert (out.scores[~live, t] == 0).all() and (out.alphas[~live, t] == 0).all()
 
 
-def test_outputs_in_callers_order():
-    dec = make()
-    feats, caps, lengths = batch()
+def test_outputs_in_callers_order(device):
+    dec = make(device)
+    feats, caps, lengths = batch(device=device)
     out = dec(feats, caps, lengths)
-    perm = torch.tensor([2, 0, 3, 1])
-    out_p = dec(feats[perm], caps[perm], lengths[perm])
+    perm = torch.tensor([2, 0, 3, 1], device=device)
+    out_p = dec(feats[perm], caps[perm], lengths[perm.cpu()])
     assert torch.allclose(out.scores[perm], out_p.scores, atol=1e-12)
     single = dec(feats[1:2], caps[1:2, :3], lengths[1:2])
     assert torch.allclose(out.scores[1, :2], single.scores[0], atol=1e-12)
     assert out.scores.shape == (4, 5, V) and out.alphas.shape == (4, 5, P)
 
 
-def test_beam_state_shares_features():
-    dec = make()
-    feats, caps, _ = batch()
+def test_beam_state_shares_features(device):
+    dec = make(device)
+    feats, caps, _ = batch(device=device)
     state = dec.init_state(feats)
     log_probs, alpha, _ = dec.step(state, caps[:, 0])
     beams = state.expand(3)
     lp3, a3, next3 = dec.step(beams, caps[:, :1].expand(-1, 3))
     assert lp3.shape == (4, 3, V) and next3.features.shape == feats.shape
     assert torch.allclose(lp3, log_probs.unsqueeze(1).expand(-1, 3, -1), atol=1e-12)
-    reordered = next3.reorder(torch.tensor([[2, 0, 0]] * 4))
+    reordered = next3.reorder(torch.tensor([[2, 0, 0]] * 4, device=device))
     assert torch.equal(reordered.h[:, 1], next3.h[:, 0])
 
 
-def test_gradients_reach_every_parameter():
-    dec = make().train()
-    feats, caps, lengths = batch()
+def test_gradients_reach_every_parameter(device):
+    dec = make(device).train()
+    feats, caps, lengths = batch(device=device)
     out = dec(feats, caps, lengths)
     out.scores.sum().backward()
     missing = [n for n, p in dec.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert missing == []
 
 
+# The packed (oneDNN) weights are a CPU speed path: these tests are about the CPU only.
 needs_onednn = pytest.mark.skipif(not decoder_module._onednn_works(),
                                   reason="this torch build has no oneDNN linear")
 
@@ -126,11 +128,11 @@ def test_without_onednn_decoding_uses_the_plain_kernels(monkeypatch):
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(4))
 
 
-def test_hard_attention_returns_the_sampling_terms():
-    dec = make(attention="hard").train()
-    feats, caps, lengths = batch()
+def test_hard_attention_returns_the_sampling_terms(device):
+    dec = make(device, attention="hard").train()
+    feats, caps, lengths = batch(device=device)
     out = dec(feats, caps, lengths)
-    live = torch.arange(5) < (lengths - 1)[:, None]
+    live = (torch.arange(5) < (lengths - 1)[:, None]).to(device)
     assert out.log_probs_of_samples.shape == out.entropies.shape == (4, 5)
     assert (out.log_probs_of_samples[live] <= 0).all() and (out.entropies[live] > 0).all()
     assert (out.log_probs_of_samples[~live] == 0).all()

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import warnings
 from urllib.error import URLError
 
 import numpy as np
@@ -51,10 +52,12 @@ def test_load_by_position_refuses_a_misfit():
 @pytest.mark.parametrize("name, size, grid, expected, native", [
     ("resnet18", 224, 7, (2, 49, 512), 7),
     ("resnet34", 224, None, (2, 196, 512), 7),
-    ("resnet50", 96, 7, (2, 49, 2048), 3),  # the big ones at small sizes: CPU time
-    ("resnet101", 64, 14, (2, 196, 2048), 2),
-    ("resnet152", 64, 1, (2, 1, 2048), 2),
+    ("resnet50", 96, 6, (2, 36, 2048), 6),  # the big ones at small sizes: CPU time
+    ("resnet101", 64, 4, (2, 16, 2048), 4),  # dilated: stride 16
+    ("resnet101_s32", 128, 4, (2, 16, 2048), 4),
+    ("resnet152", 64, 1, (2, 1, 2048), 4),
     ("vgg16", 112, 7, (2, 49, 512), 7),
+    ("vgg19", 64, 4, (2, 16, 512), 4),
     ("efficientnet_lite0_s16", 224, 14, (2, 196, 112), 14),
     ("efficientnet_lite0_s32", 224, 7, (2, 49, 320), 7),
     ("efficientnet_lite0", 224, 7, (2, 49, 112), 14),
@@ -74,8 +77,8 @@ def test_output_shapes_with_random_weights(name, size, grid, expected, native):
 
 
 def test_registry_lists_every_encoder():
-    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16",
-            "efficientnet_lite0_s16", "efficientnet_lite0_s32",
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet101_s32", "resnet152",
+            "vgg16", "vgg19", "efficientnet_lite0_s16", "efficientnet_lite0_s32",
             "efficientnet_lite0"} == set(list_encoders())
     with pytest.raises(ValueError, match="Unknown encoder 'resnet7'"):
         Encoder("resnet7", pretrained=False)
@@ -206,3 +209,75 @@ def test_ensure_features_reuses_a_matching_cache(tmp_path, monkeypatch):
     assert calls == ["train", "val", "test"]  # another build of the dataset: recompute
     with pytest.raises(FileNotFoundError, match="another build"):
         FeatureDataset(out, dataset, "train")
+
+
+def test_a_grid_larger_than_the_map_warns_once(monkeypatch):
+    monkeypatch.setattr(enc, "_WARNED", set())
+    with pytest.warns(enc.UpsampledGridWarning, match=r"2x2 feature map \(stride 32\).*"
+                      r"grid=4.*copies of 4 real regions.*image_size >= 128"):
+        Encoder("resnet18", pretrained=False, grid=4, image_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning now fails the test
+        Encoder("resnet18", pretrained=False, grid=4, image_size=64)  # once is enough
+        Encoder("resnet18", pretrained=False, grid=2, image_size=64)  # a true 2 x 2
+
+
+@pytest.mark.parametrize("name", ["flickr8k", "flickr30k", "coco", "custom"])
+def test_real_data_profiles_attend_over_a_true_grid(name):
+    profile = get_profile(name)
+    spec = enc.get_spec(profile.encoder)
+    assert profile.grid == 14 and profile.image_size / spec.stride >= profile.grid
+    assert spec.name == "resnet101" and spec.stride == 16 and spec.channels == 2048
+
+
+def test_the_dilated_resnet_loads_the_imagenet_weights_unchanged(monkeypatch, tmp_path):
+    # test-made weights where torch's hub cache keeps the download: no network is touched
+    weights = enc._torchvision_weights("resnet50")
+    source = enc._build_torchvision("resnet50", pretrained=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / weights.url.split("/")[-1])
+    encoder = Encoder("resnet50", pretrained=True, grid=4, image_size=64).eval()
+    assert torch.equal(encoder.blocks.layer4[0].conv2.weight, source.layer4[0].conv2.weight)
+    assert encoder.blocks.layer4[1].conv2.dilation == (2, 2)  # same weights, stride 16
+    with torch.inference_mode():
+        assert encoder.feature_map(torch.zeros(1, 3, 64, 64)).shape == (1, 2048, 4, 4)
+
+
+def test_features_beyond_float16_are_an_error_and_nothing_is_cached(tmp_path):
+    dataset = make_prepared(tmp_path / "prepared")
+    encoder = Encoder("efficientnet_lite0_s16", grid=2, image_size=48)
+    with torch.no_grad():
+        batchnorms(encoder.blocks.stage5)[-1].weight.mul_(1e6)  # activations far above 65504
+    with pytest.raises(enc.NonFiniteFeaturesError) as error:
+        cache_features(encoder, dataset, "val", tmp_path / "features", batch_size=4)
+    message = str(error.value)
+    for part in ("'efficientnet_lite0_s16'", "2 image(s) of the val split", "#0 0.png",
+                 "#1 1.png", "65504", "weights"):
+        assert part in message, part
+    assert not list((tmp_path / "features").glob("*.npy*")) and not list(
+        (tmp_path / "features").glob(".*"))
+    assert "val" not in enc._read_manifest(tmp_path / "features").get("splits", {})
+
+
+def test_long_steps_check_the_free_disk_first(tmp_path, monkeypatch):
+    from sat_helpers import download
+
+    dataset = make_prepared(tmp_path / "prepared")
+    usage = download.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    encoder = Encoder("efficientnet_lite0_s16", pretrained=False, grid=2, image_size=48)
+    with pytest.raises(download.NotEnoughDiskError, match=r"val feature cache of "
+                       r"efficientnet_lite0_s16 needs 1.8 kB free in .*features.*only 1.0 kB"):
+        cache_features(encoder, dataset, "val", tmp_path / "features")
+    assert not (tmp_path / "features" / "val.npy").exists()
+
+
+def test_without_a_feature_cache_only_val_and_test_are_cached(tmp_path, monkeypatch):
+    dataset = make_prepared(tmp_path / "prepared", size=32)
+    monkeypatch.setenv("SAT_DATA", str(tmp_path / "root"))
+    monkeypatch.setattr(enc, "ensure_dataset", lambda profile: dataset)
+    assert enc.cached_splits(get_profile("coco")) == ("val", "test")  # 91 GB for train
+    assert enc.cached_splits(get_profile("flickr8k")) == ("train", "val", "test")
+    out = ensure_features(get_profile("quick", image_size=32, grid=2, feature_cache=False))
+    assert sorted(p.name for p in out.glob("*.npy")) == ["test.npy", "val.npy"]

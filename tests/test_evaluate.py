@@ -23,12 +23,12 @@ POINTING = {"pointing_noun_phrase", "pointing_shape_word", "pointing_baseline_ce
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(tmp_path_factory, device):
     """A data root holding one tiny trained run; yields (root, path of its best.pt)."""
     path = tmp_path_factory.mktemp("sat_data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAT_DATA", str(path))
-        train(get_profile("quick", **TINY), out_dir=path / "run")
+        train(get_profile("quick", **TINY), out_dir=path / "run", device=str(device))
         yield path, path / "run" / "best.pt"
 
 
@@ -39,22 +39,23 @@ def checkpoint(root, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def evaluated(root):
+def evaluated(root, device):
     """evaluate() of the tiny run on its test split, beam 2, in chunks of 5 images."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAT_DATA", str(root[0]))
-        return evaluate(root[1], "test", beam_size=2, batch_size=5, meteor=METEOR)
+        return evaluate(root[1], "test", beam_size=2, batch_size=5, meteor=METEOR,
+                        device=str(device))
 
 
-def test_evaluate_a_checkpoint(checkpoint, evaluated):
+def test_evaluate_a_checkpoint(checkpoint, evaluated, device):
     table, metrics = evaluated
     profile = get_profile("quick", **TINY)
     meta = json.loads((ensure_dataset(profile) / "test_meta.json").read_text())
     assert list(table["id"]) == [m["id"] for m in meta] and metrics["images"] == len(meta)
     # decoded in chunks of 5, yet each row holds its own image's beam-search caption
-    decoder, vocab, _, _ = load_model(checkpoint)
+    decoder, vocab, _, _ = load_model(checkpoint, str(device))
     test = FeatureDataset(ensure_features(profile), ensure_dataset(profile), "test")
-    feats = torch.from_numpy(test.features[:].astype("float32"))
+    feats = torch.from_numpy(test.features[:].astype("float32")).to(device)
     expected = beam_search(decoder, feats, 2, profile.decode_max_len, vocab=vocab)
     assert list(table["hypothesis"]) == [" ".join(c.words) for c in expected]
     # the corpus scores are those of these hypotheses against these images' references
@@ -74,8 +75,8 @@ def test_evaluate_a_checkpoint(checkpoint, evaluated):
 
 
 def test_a_model_pair_needs_its_profile_and_bleu_survives_a_missing_toolkit(
-        checkpoint, monkeypatch, capsys):
-    decoder, vocab, profile, _ = load_model(checkpoint)
+        checkpoint, monkeypatch, capsys, device):
+    decoder, vocab, profile, _ = load_model(checkpoint, str(device))
     with pytest.raises(ValueError, match="profile="):
         evaluate((decoder, vocab), "val", beam_size=1)
 
@@ -88,8 +89,8 @@ def test_a_model_pair_needs_its_profile_and_bleu_survives_a_missing_toolkit(
     assert capsys.readouterr().out.count("no toolkit in this test") == 1  # said once
     assert {"BLEU-1", "BLEU-4"} <= set(metrics) and not {"METEOR", "CIDEr"} & set(metrics)
     val = FeatureDataset(ensure_features(profile), ensure_dataset(profile), "val")
-    greedy = greedy_search(decoder, torch.from_numpy(val.features[:].astype("float32")),
-                           profile.decode_max_len, vocab=vocab)
+    features = torch.from_numpy(val.features[:].astype("float32")).to(device)
+    greedy = greedy_search(decoder, features, profile.decode_max_len, vocab=vocab)
     assert list(table["hypothesis"]) == [" ".join(c.words) for c in greedy]
 
 

@@ -13,11 +13,11 @@ from sat_helpers.search import beam_search, greedy_search, length_normalised
 P, ENC = 5, 6
 
 
-def make(words=("red", "circle", "star"), seed=0, scale=3.0, end_bias=0.0):
+def make(device, words=("red", "circle", "star"), seed=0, scale=3.0, end_bias=0.0):
     """A random decoder with sharp enough distributions that the search matters."""
     torch.manual_seed(seed)
     vocab = Vocab(list(words))
-    dec = AttentionDecoder(len(vocab), ENC, embed_dim=4, dec_dim=7, att_dim=3).double()
+    dec = AttentionDecoder(len(vocab), ENC, embed_dim=4, dec_dim=7, att_dim=3).double().to(device)
     with torch.no_grad():
         dec.L_o.weight.mul_(scale)
         dec.L_o.bias.mul_(scale)
@@ -25,21 +25,22 @@ def make(words=("red", "circle", "star"), seed=0, scale=3.0, end_bias=0.0):
     return dec, vocab
 
 
-def features(n, seed=1):
+def features(n, device, seed=1):
     torch.manual_seed(seed)
-    return torch.randn(n, P, ENC, dtype=torch.float64)
+    return torch.randn(n, P, ENC, dtype=torch.float64).to(device)
 
 
 def teacher_forced(dec, vocab, feats, sequences):
     """Summed log-probs and alphas of (tokens, ended) pairs by the decoder's forward(), batched."""
     ids = [[vocab.start_id, *tokens] + [vocab.end_id] * ended for tokens, ended in sequences]
     lengths = torch.tensor([len(x) for x in ids])
-    captions = torch.tensor([x + [vocab.pad_id] * (max(lengths) - len(x)) for x in ids])
+    captions = torch.tensor([x + [vocab.pad_id] * (max(lengths) - len(x)) for x in ids],
+                            device=feats.device)
     with torch.no_grad():
         out = dec.eval()(feats.expand(len(ids), -1, -1), captions, lengths)
     log_probs = out.scores.log_softmax(-1).gather(2, captions[:, 1:].unsqueeze(2)).squeeze(2)
     real = torch.arange(captions.shape[1] - 1) < (lengths - 1).unsqueeze(1)
-    return (log_probs * real).sum(1).tolist(), out.alphas
+    return (log_probs.cpu() * real).sum(1).tolist(), out.alphas
 
 
 def exhaustive_best(dec, vocab, feats, max_len, alpha):
@@ -56,9 +57,9 @@ def exhaustive_best(dec, vocab, feats, max_len, alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 1.5])
 @pytest.mark.parametrize("end_bias", [0.0, -2.0])
-def test_wide_beam_is_exhaustive(alpha, end_bias):
-    dec, vocab = make(end_bias=end_bias)
-    feats = features(3)
+def test_wide_beam_is_exhaustive(alpha, end_bias, device):
+    dec, vocab = make(device, end_bias=end_bias)
+    feats = features(3, device)
     max_len = 4
     got = beam_search(dec, feats, 128, max_len, vocab=vocab, length_penalty=alpha)
     for i, caption in enumerate(got):
@@ -68,9 +69,9 @@ def test_wide_beam_is_exhaustive(alpha, end_bias):
 
 
 @pytest.mark.parametrize("search", ["greedy", "beam"])
-def test_score_and_alphas_are_the_decoders(search):
-    dec, vocab = make(end_bias=-1.0)
-    feats = features(4)
+def test_score_and_alphas_are_the_decoders(search, device):
+    dec, vocab = make(device, end_bias=-1.0)
+    feats = features(4, device)
     if search == "greedy":
         got = greedy_search(dec, feats, 6, vocab=vocab)
     else:
@@ -81,13 +82,14 @@ def test_score_and_alphas_are_the_decoders(search):
         assert caption.score == pytest.approx(score, abs=1e-4)
         assert caption.alphas.shape == (n, P)
         assert torch.allclose(caption.alphas.double(), alphas[0, :n], atol=1e-5)
+        assert caption.alphas.device == feats.device
         assert caption.words == [vocab.itos[t] for t in caption.tokens]
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_batched_equals_one_at_a_time(beam_size):
-    dec, vocab = make(end_bias=-1.0)
-    feats = features(6)
+def test_batched_equals_one_at_a_time(beam_size, device):
+    dec, vocab = make(device, end_bias=-1.0)
+    feats = features(6, device)
     batched = beam_search(dec, feats, beam_size, 7, vocab=vocab, return_all=True)
     for i in range(len(feats)):
         alone = beam_search(dec, feats[i : i + 1], beam_size, 7, vocab=vocab, return_all=True)[0]
@@ -99,6 +101,7 @@ def test_batched_equals_one_at_a_time(beam_size):
     ]
 
 
+# CPU only: the packed (oneDNN) weights are a CPU speed path.
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeypatch):
     torch.manual_seed(1)  # picked so that images end after 1, 2, 3, 4 or 6 words, or never
@@ -130,9 +133,9 @@ def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeyp
 
 
 @pytest.mark.parametrize("end_bias", [0.0, -1.5, -3.0])
-def test_beam_one_is_greedy(end_bias):
-    dec, vocab = make(words=("a", "b", "c", "d", "e"), end_bias=end_bias)
-    feats = features(8)
+def test_beam_one_is_greedy(end_bias, device):
+    dec, vocab = make(device, words=("a", "b", "c", "d", "e"), end_bias=end_bias)
+    feats = features(8, device)
     greedy = greedy_search(dec, feats, 6, vocab=vocab)
     beam = beam_search(dec, feats, 1, 6, vocab=vocab)
     assert [c.tokens for c in beam] == [c.tokens for c in greedy]
@@ -141,11 +144,11 @@ def test_beam_one_is_greedy(end_bias):
     assert all(torch.allclose(b.alphas, g.alphas) for b, g in zip(beam, greedy, strict=True))
 
 
-def test_never_ending_decoder_returns_max_len_caption():
-    dec, vocab = make()
+def test_never_ending_decoder_returns_max_len_caption(device):
+    dec, vocab = make(device)
     with torch.no_grad():
         dec.L_o.bias[vocab.end_id] = -1e9
-    feats = features(2)
+    feats = features(2, device)
     for caption in greedy_search(dec, feats, 5, vocab=vocab) + beam_search(
         dec, feats, 3, 5, vocab=vocab, length_penalty=1.0
     ):
@@ -153,9 +156,9 @@ def test_never_ending_decoder_returns_max_len_caption():
         assert caption.alphas.shape == (5, P)
 
 
-def test_beam_larger_than_vocabulary():
-    dec, vocab = make(words=("x", "y"))
-    feats = features(2)
+def test_beam_larger_than_vocabulary(device):
+    dec, vocab = make(device, words=("x", "y"))
+    feats = features(2, device)
     all_hyps = beam_search(dec, feats, 50, 3, vocab=vocab, return_all=True)
     for hyps in all_hyps:
         assert 1 <= len(hyps) <= 50
@@ -164,11 +167,11 @@ def test_beam_larger_than_vocabulary():
         assert len({tuple(c.tokens) for c in hyps}) == len(hyps)  # no duplicate hypotheses
 
 
-def test_forbidden_tokens_never_emitted():
-    dec, vocab = make()
+def test_forbidden_tokens_never_emitted(device):
+    dec, vocab = make(device)
     with torch.no_grad():  # make <pad>, <start>, <unk> the most likely tokens
         dec.L_o.bias[[vocab.pad_id, vocab.start_id, vocab.unk_id]] += 20.0
-    feats = features(3)
+    feats = features(3, device)
     captions = greedy_search(dec, feats, 4, vocab=vocab)
     for hyps in beam_search(dec, feats, 8, 4, vocab=vocab, return_all=True):
         captions += hyps
@@ -176,21 +179,21 @@ def test_forbidden_tokens_never_emitted():
     assert all(not forbidden & set(c.tokens) for c in captions)
 
 
-def test_mode_restored_and_dropout_off():
-    dec, vocab = make()
+def test_mode_restored_and_dropout_off(device):
+    dec, vocab = make(device)
     dec.train()
-    feats = features(2)
+    feats = features(2, device)
     first = beam_search(dec, feats, 2, 5, vocab=vocab)
     assert dec.training
     again = beam_search(dec, feats, 2, 5, vocab=vocab)
     assert [c.tokens for c in first] == [c.tokens for c in again]
 
 
-def test_bad_arguments_say_what_to_do():
-    dec, vocab = make()
+def test_bad_arguments_say_what_to_do(device):
+    dec, vocab = make(device)
     with pytest.raises(ValueError, match="unsqueeze"):
-        greedy_search(dec, features(1)[0], 4, vocab=vocab)
+        greedy_search(dec, features(1, device)[0], 4, vocab=vocab)
     with pytest.raises(ValueError, match="beam_size"):
-        beam_search(dec, features(1), 0, 4, vocab=vocab)
+        beam_search(dec, features(1, device), 0, 4, vocab=vocab)
     with pytest.raises(ValueError, match="max_len"):
-        beam_search(dec, features(1), 2, 0, vocab=vocab)
+        beam_search(dec, features(1, device), 2, 0, vocab=vocab)

@@ -43,8 +43,8 @@ def png(color, size=(40, 30)):
     return buffer.getvalue()
 
 
-def test_attention_map_peaks_where_alpha_points():
-    alpha = torch.zeros(2, 16)
+def test_attention_map_peaks_where_alpha_points(device):
+    alpha = torch.zeros(2, 16, device=device)  # a Caption's alphas live on the decoder's device
     alpha[0, 1 * 4 + 3] = 1.0  # row 1, column 3 of a 4x4 grid
     alpha[1] = 1 / 16
     for smooth in (True, False):
@@ -57,9 +57,9 @@ def test_attention_map_peaks_where_alpha_points():
                            attention_maps(alpha, (64, 64), False)[0])
 
 
-def test_plot_attention_one_panel_per_word():
+def test_plot_attention_one_panel_per_word(device):
     image = np.zeros((32, 48, 3), dtype=np.uint8)
-    fig = plot_attention(image, ["a", "red", "star"], torch.rand(4, 16).softmax(-1))
+    fig = plot_attention(image, ["a", "red", "star"], torch.rand(4, 16, device=device).softmax(-1))
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["image", "a", "red", "star", "<end>"]
     with pytest.raises(ValueError, match="attention maps"):
@@ -72,14 +72,16 @@ def test_uploaded_files_both_ipywidgets_formats():
     assert uploaded_files(v8) == uploaded_files(v7) == [("a.png", b"abc")]
 
 
-def test_explorer_driven_by_its_widgets():
+def test_explorer_driven_by_its_widgets(device):
     dec, vocab = model()
+    dec.to(device)  # the explorer encodes on the decoder's device
     quadrants = np.zeros((40, 40, 3), dtype=np.uint8)
     quadrants[:20, :20, 0], quadrants[20:, 20:, 2], quadrants[:20, 20:] = 250, 250, 120
     images = {"green": Image.fromarray(quadrants),
               "tensor": torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)}
     ex = explore(dec, vocab, TinyEncoder(), images, max_len=6, beam_size=2)
     feats = {name: ex.features(name) for name in images}
+    assert all(f.device.type == device.type for f in feats.values())
     expected = beam_search(dec, feats["green"], 2, 6, vocab=vocab)[0]
     assert ex.caption.tokens == expected.tokens
     assert ex.word.max == expected.alphas.shape[0] - 1
