@@ -11,12 +11,12 @@ UV := $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python
 SAT_PROFILE ?= shapes
 export PYTHONHASHSEED := 0
 
-.PHONY: course test lab lint bench clean
+.PHONY: course test lab lint bench student clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(UV) torch==2.14.1 torchvision==0.29.1 -e ".[dev,coco]"
+	$(UV) torch==2.14.1 torchvision==0.29.1 -e ".[dev,coco,teach]"
 	touch $(STAMP)
 
 course: $(STAMP)  ## run the whole series on the Shapes data, offline
@@ -35,6 +35,9 @@ lab: $(STAMP)  ## open the notebooks in JupyterLab (adds the lab extra to .venv 
 lint: $(STAMP)  ## ruff and the notebook checks
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests/test_notebooks.py
+
+student: $(STAMP)  ## student/: notebooks/ with the exercises' solutions cleared (nbgrader)
+	$(BIN)/python -m sat_helpers.editions
 
 bench: $(STAMP)  ## the benchmarks/ tables
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -119,6 +119,14 @@ class Vocab:
         return f"Vocab({len(self)} entries: {self.itos[:8]}...)"
 
 
+def encode_caption(tokens: list[str], vocab: Vocab, max_len: int) -> list[int]:
+    """One row of ``{split}_captions.npy``: <start> ids <end>, padded to max_len + 2 ids."""
+    if len(tokens) > max_len:
+        raise ValueError(f"a caption of {len(tokens)} tokens is longer than max_len = {max_len}")
+    ids = [vocab.start_id, *vocab.encode(tokens), vocab.end_id]
+    return ids + [vocab.pad_id] * (max_len + 2 - len(ids))
+
+
 def load_karpathy_json(path: str | Path) -> dict:
     """Read a Karpathy-format dataset JSON and check it; errors name the image index and field."""
     path = Path(path)
@@ -399,9 +407,8 @@ def _write_split(split: str, records: list[dict], vocab: Vocab, image_dir: Path,
     row = 0
     for rec in kept:
         for tokens in rec["targets"]:
-            ids = [vocab.start_id, *vocab.encode(tokens), vocab.end_id]
-            captions[row, : len(ids)] = ids
-            lengths[row] = len(ids)
+            captions[row] = encode_caption(tokens, vocab, max_len)
+            lengths[row] = len(tokens) + 2
             row += 1
     np.save(out / f"{split}_captions.npy", captions)
     np.save(out / f"{split}_lengths.npy", lengths)

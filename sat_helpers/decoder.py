@@ -52,6 +52,13 @@ def _onednn_works() -> bool:
         return False
 
 
+def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The LSTM's eq. 2-3: gates (..., 4n) in the order i, f, g, o and c_{t-1} -> (h_t, c_t)."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # eq. 2
+    return torch.sigmoid(o) * torch.tanh(c), c  # eq. 3
+
+
 class DecoderOutput(NamedTuple):
     """Teacher-forced outputs in the caller's order, zero past each caption's length."""
 
@@ -166,9 +173,7 @@ class AttentionDecoder(nn.Module):
             context = torch.sigmoid(gate_logit) * context  # β_t ẑ_t
         # eq. 1: T_{D+m+n,n} [E y; h; ẑ], as three maps
         gates = emb_gates + hh + _linear(context, *weights["lstm_ctx"])
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # eq. 2
-        h = torch.sigmoid(o) * torch.tanh(c)  # eq. 3
+        h, c = lstm_update(gates, c)  # eq. 2-3
         extra = attended[2:] if len(attended) == 4 else (None, None)
         return h, c, context, alpha, *extra
 

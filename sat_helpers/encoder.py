@@ -283,6 +283,12 @@ def image_to_input(image: Image.Image, size: int, mean: tuple, std: tuple) -> to
     return normalise(pil_to_tensor(image, size)[None], size, mean, std)[0]
 
 
+def annotations(feature_map: torch.Tensor) -> torch.Tensor:
+    """Feature map (B, D, H, W) -> annotation vectors (B, H·W, D), the cells row by row."""
+    b, d = feature_map.shape[:2]
+    return feature_map.permute(0, 2, 3, 1).reshape(b, -1, d)
+
+
 class Encoder(nn.Module):
     """Images (B, 3, S, S), preprocessed, -> annotation vectors (B, grid*grid, channels).
 
@@ -342,8 +348,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, grid*grid, channels) annotation vectors."""
-        x = self.pool(self.feature_map(x))
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # cells row by row
+        return annotations(self.pool(self.feature_map(x)))
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float (B, 3, S, S), resized and normalised for this encoder."""

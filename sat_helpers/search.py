@@ -167,6 +167,19 @@ def _best_possible(live_scores: Tensor, t: int, max_len: int, length_penalty: fl
     )
 
 
+def best_extensions(scores: Tensor, log_probs: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The n best one-word extensions of each image's beams: one top-k over its k·V candidates.
+
+    ``scores`` (B, k) are the beams' summed log-probabilities, ``log_probs`` (B, k, V) the
+    next word's (added to in place). Returns (summed scores, beam, token), each (B, n), best
+    first; beam and token index the candidate: beam · V + token in the flattened row.
+    """
+    vocab_size = log_probs.shape[-1]
+    cand = log_probs.add_(scores.unsqueeze(-1)).flatten(1)  # (B, k·V): every extension
+    top_scores, top_ids = cand.topk(min(n, cand.shape[1]), dim=1)
+    return top_scores, top_ids // vocab_size, top_ids % vocab_size
+
+
 def beam_search(
     decoder,
     features: Tensor,
@@ -200,12 +213,9 @@ def beam_search(
         maps = None  # (b, k, t, P) attention so far
         for t in range(1, max_len + 1):  # t = tokens emitted after this step
             log_probs, alpha, state = decoder.step(state, prev)  # (b, k, V), (b, k, P)
-            vocab_size = log_probs.shape[-1]
             # in place: a fresh (b, k, V) tensor per step costs more than the arithmetic
-            cand = log_probs.index_fill_(-1, forbidden, -math.inf).add_(scores.unsqueeze(-1))
-            cand = cand.flatten(1)  # (b, k·V): summed log-probability of every extension
-            top_scores, top_ids = cand.topk(min(2 * k, cand.shape[1]), dim=1)  # best first
-            beam, token = top_ids // vocab_size, top_ids % vocab_size
+            log_probs.index_fill_(-1, forbidden, -math.inf)
+            top_scores, beam, token = best_extensions(scores, log_probs, 2 * k)  # best first
             maps = alpha.unsqueeze(2) if maps is None else torch.cat([maps, alpha.unsqueeze(2)], 2)
             is_end = token == vocab.end_id
             to_finish = is_end & top_scores.isfinite()

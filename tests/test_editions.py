@@ -1,0 +1,150 @@
+"""The two editions: notebooks/ holds checked exercises with solutions, student/ the same without.
+
+The student edition is generated (``make student``); these tests fail when it is out of sync,
+when a solution leaks into it, or when anything but its exercises fails to run.
+"""
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from sat_helpers import check
+from sat_helpers.editions import CODE_STUB, COLAB, is_check, is_exercise, student_text
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHER = sorted((ROOT / "notebooks").glob("*.ipynb"))
+STUDENT = ROOT / "student"
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def exercises(nb: dict) -> list[tuple[int, dict, dict]]:
+    """(index, solution cell, check cell) of every exercise."""
+    cells = nb["cells"]
+    return [(i, c, cells[i + 1]) for i, c in enumerate(cells) if is_exercise(c)]
+
+
+def solution_lines(cell: dict) -> list[str]:
+    text = source(cell)
+    region = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
+    return [line.strip() for line in region.splitlines() if line.strip()]
+
+
+@pytest.fixture(params=TEACHER, ids=lambda p: p.name)
+def teacher(request):
+    return request.param, load(request.param)
+
+
+def test_every_notebook_has_two_to_four_checked_exercises(teacher):
+    path, nb = teacher
+    found = exercises(nb)
+    assert 2 <= len(found) <= 4, f"{path.name}: {len(found)} exercises; the course asks 2 to 4"
+    for i, solution, check_cell in found:
+        task = nb["cells"][i - 1]
+        assert task["cell_type"] == "markdown" and source(task).startswith("**Exercise"), \
+            f"{path.name} cell {i}: an exercise starts with a Markdown task '**Exercise …'"
+        text = source(solution)
+        assert text.count(BEGIN) == 1 and text.count(END) == 1 and solution_lines(solution), \
+            f"{path.name} cell {i}: one solution between {BEGIN} and {END}"
+        function = re.search(r"^def (\w+)\(", text, re.M).group(1)
+        call = re.search(r"check\.(\w+)\((\w+)\)", source(check_cell))
+        assert is_check(check_cell) and call, \
+            f"{path.name} cell {i + 1}: the cell after an exercise is its check, check.<name>(fn)"
+        name, argument = call.groups()
+        assert hasattr(check, name) and argument == function, \
+            f"{path.name} cell {i + 1}: check.{name}({argument}) must check {function}"
+
+
+@pytest.mark.parametrize("path", TEACHER, ids=lambda p: p.name)
+def test_student_edition_is_in_sync(path):
+    target = STUDENT / path.name
+    assert target.exists(), f"student/{path.name} is missing: run `make student`"
+    assert target.read_text(encoding="utf-8") == student_text(path), \
+        f"student/{path.name} is out of sync with notebooks/{path.name}: run `make student`"
+
+
+def test_student_edition_has_only_the_course_notebooks():
+    assert sorted(p.name for p in STUDENT.glob("*.ipynb")) == [p.name for p in TEACHER], \
+        "student/ and notebooks/ hold different notebooks: run `make student`"
+
+
+def test_student_edition_holds_no_solution(teacher):
+    path, nb = teacher
+    student = load(STUDENT / path.name)
+    assert len(student["cells"]) == len(nb["cells"])
+    for (i, solution, _), (_, stub, _) in zip(exercises(nb), exercises(student), strict=True):
+        text = source(stub)
+        assert BEGIN not in text and CODE_STUB.splitlines()[-1] in text, \
+            f"student/{path.name} cell {i}: the solution must be replaced by the stub"
+        stub_lines = {line.strip() for line in text.splitlines()}
+        leaked = [line for line in solution_lines(solution) if line in stub_lines]
+        assert not leaked, f"student/{path.name} cell {i} shows solution lines {leaked}"
+    others = [(c, s) for c, s in zip(nb["cells"], student["cells"], strict=True)
+              if not is_exercise(c)][1:]
+    assert all(c == s for c, s in others), "only the title and the exercise cells may differ"
+
+
+def test_student_title_cell_links_itself_and_explains_the_checks(teacher):
+    path, _ = teacher
+    title = source(load(STUDENT / path.name)["cells"][0])
+    link = COLAB.format(folder="student", name=path.name)
+    assert f"]({link})" in title, f"student/{path.name}: no Colab link to {link}"
+    assert "/notebooks/" not in title, f"student/{path.name} links to the teacher edition"
+    assert "check" in title and "ExerciseError" in title and "NotImplementedError" in title
+
+
+def errors_by_cell(nb) -> dict[int, list[str]]:
+    """Executed notebook -> {cell index: the names of the errors it raised}."""
+    return {i: [o["ename"] for o in cell.get("outputs", []) if o["output_type"] == "error"]
+            for i, cell in enumerate(nb.cells) if cell.cell_type == "code"}
+
+
+def execute(nb, cwd: Path):
+    client = NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+@pytest.mark.parametrize("path", TEACHER, ids=lambda p: p.name)
+def test_student_edition_runs_everywhere_but_its_exercises(path, monkeypatch):
+    """Executed on the quick profile (the kernel inherits the environment), errors allowed."""
+    monkeypatch.setenv("SAT_PROFILE", "quick")
+    nb = execute(nbformat.read(STUDENT / path.name, as_version=4), STUDENT)
+    errors = errors_by_cell(nb)
+    checks = {i for i, c in enumerate(nb.cells) if is_check(c)}
+    stray = {i: e for i, e in errors.items() if e and i not in checks}
+    assert not stray, f"student/{path.name}: cells other than the checks raised {stray}"
+    unsolved = {i: errors[i] for i in checks}
+    assert all(e == ["NotImplementedError"] for e in unsolved.values()), \
+        f"student/{path.name}: every check of an unsolved exercise must raise " \
+        f"NotImplementedError; got {unsolved}"
+
+
+def test_a_wrong_answer_in_a_notebook_gets_a_message_that_names_it():
+    """Plant `>` for `>=` in notebook 01's vocabulary exercise; run its two cells."""
+    nb = load(TEACHER[0])
+    _, solution, check_cell = exercises(nb)[0]
+    wrong = copy.deepcopy(solution)
+    text = source(wrong)
+    assert "c >= min_freq" in text
+    wrong["source"] = text.replace("c >= min_freq", "c > min_freq")
+    cells = [nbformat.from_dict(c) for c in (wrong, copy.deepcopy(check_cell))]
+    for c in cells:
+        c.source = source(c) if isinstance(c.source, list) else c.source
+    run = execute(nbformat.v4.new_notebook(cells=cells, metadata=nb["metadata"]), ROOT)
+    error = next(o for o in run.cells[1].outputs if o["output_type"] == "error")
+    assert error["ename"] == "ExerciseError"
+    assert "drops" in error["evalue"] and "exactly min_freq times" in error["evalue"], error
