@@ -78,6 +78,8 @@ class Profile:
     # what the notebooks assert about learned quality at this scale
     expect_bleu4: float = 0.5
     expect_pointing: float = 0.7
+    expect_hard_over_soft: float = 0.8  # hard BLEU-4 >= this x soft's, sharper maps (0: no claim)
+    ci_scale: bool = False  # the tests' scale: notebooks skip METEOR's Java start, timing asserts
 
     def to_dict(self) -> dict:
         """The profile as plain data (for manifests and checkpoints)."""
@@ -87,6 +89,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
+        ci_scale=True,
         shapes_images=60,
         shapes_val_fraction=0.2,
         shapes_test_fraction=0.2,
@@ -99,6 +102,7 @@ PROFILES: dict[str, Profile] = {
         decode_max_len=12,
         expect_bleu4=0.0,
         expect_pointing=0.0,
+        expect_hard_over_soft=0.0,
     ),
     # λ = 0 on Shapes: with λ = 1 its attention spread out and pointed at the named object
     # less often (noun phrase 0.74 vs 0.81 on the test split, beam 3; BLEU-4 the same)
@@ -125,8 +129,17 @@ PROFILES: dict[str, Profile] = {
         decode_max_len=50,
         expect_bleu4=0.15,
         expect_pointing=0.0,
+        expect_hard_over_soft=0.0,  # hard vs soft was measured on Shapes only
     ),
 }
+# The CI scale of the photo path: flickr8k's code path (download, ResNet-101, no boxes) at toy
+# sizes. The tests run it on a tiny Flickr8k look-alike (tests/lookalike.py); on the real
+# Flickr8k it would train a toy model, so it expects nothing.
+PROFILES["photos_quick"] = replace(
+    PROFILES["flickr8k"], name="photos_quick", image_size=64, grid=4, min_word_freq=1,
+    max_len=20, embed_dim=32, att_dim=32, dec_dim=64, batch_size=16, lr=3e-3, epochs=2,
+    train_minutes=5.0, num_workers=0, feature_batch_size=8, decode_max_len=12,
+    expect_bleu4=0.0, ci_scale=True)
 PROFILES["flickr30k"] = replace(PROFILES["flickr8k"], name="flickr30k", dataset="flickr30k")
 PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", expect_bleu4=0.2,
                            feature_cache=False)

@@ -56,7 +56,8 @@ LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_bleu4", "lr", "seconds"]
 # Profile fields that do not change what training produces (decoding, expectations, speed),
 # or only how it is computed (precision, kernels: like the device, which no run is keyed on).
 NOT_TRAINING = ("name", "beam_size", "decode_max_len", "expect_bleu4", "expect_pointing",
-                "num_workers", "feature_batch_size", "amp", "deterministic")
+                "expect_hard_over_soft", "ci_scale", "num_workers", "feature_batch_size", "amp",
+                "deterministic")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the GPU)
 
