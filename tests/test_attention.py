@@ -66,22 +66,6 @@ def test_projected_path_equals_plain_path_and_is_used():
     assert not torch.allclose(other[1], plain[1]), "the projected argument was ignored"
 
 
-def test_scores_without_autograd_equal_scores_with_it():
-    """Decoding scores a few images at a time (in cache); the numbers must not change."""
-    torch.manual_seed(0)
-    att = SoftAttention(16, 8, 512)
-    projected, query = att.project(torch.randn(6, 196, 16)), att.W_h(torch.randn(6, 5, 8))
-    with_grad = att.scores(projected, query)
-    with torch.no_grad():
-        blocked = att.scores(projected, query)  # (5·196·512 floats per image: 1 per block)
-        mask = torch.rand(6, 196) > 0.3
-        masked = att.scores(projected, query, mask)
-    expected = with_grad.detach().masked_fill(~mask.unsqueeze(1), float("-inf"))
-    torch.testing.assert_close(masked, expected, rtol=0, atol=1e-6)
-    assert blocked.shape == (6, 5, 196)
-    torch.testing.assert_close(blocked, with_grad.detach(), rtol=0, atol=1e-6)
-
-
 def test_permuting_positions_permutes_alpha():
     att, features, hidden = make()
     context, alpha = att(features, hidden)

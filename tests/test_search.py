@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from sat_helpers import decoder as decoder_module
+from sat_helpers import fastcpu
 from sat_helpers.data import Vocab
 from sat_helpers.decoder import AttentionDecoder, DecoderState
 from sat_helpers.search import beam_search, greedy_search, length_normalised
@@ -101,7 +101,8 @@ def test_batched_equals_one_at_a_time(beam_size):
 
 
 @pytest.mark.parametrize("search", ["greedy", "beam"])
-def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeypatch):
+def test_float32_search_on_the_cpu_path_equals_the_plain_step(search, monkeypatch):
+    """sat_helpers.fastcpu (packed weights, blocked scores) gives the plain step's captions."""
     torch.manual_seed(1)  # picked so that images end after 1, 2, 3, 4 or 6 words, or never
     vocab = Vocab([f"w{i}" for i in range(20)])
     dec = AttentionDecoder(len(vocab), 16, embed_dim=8, dec_dim=16, att_dim=8)
@@ -117,8 +118,12 @@ def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeyp
         return [c for hyps in beam_search(dec, images, 3, 10, vocab=vocab, return_all=True)
                 for c in hyps]
 
+    with torch.no_grad():
+        assert dec.init_state(feats).weights is not None  # the CPU path is taken
     packed = run(feats)
-    monkeypatch.setattr(decoder_module, "PACK_WEIGHTS", False)
+    monkeypatch.setattr(fastcpu, "ENABLED", False)
+    with torch.no_grad():
+        assert dec.init_state(feats).weights is None  # the plain step, as on CUDA
     plain = run(feats)
     assert torch.equal(feats, before)  # dropping finished images never writes the caller's tensor
     assert len({len(c.tokens) for c in plain if c.ended}) >= 3  # they end at different steps
