@@ -24,7 +24,7 @@ import torch
 from sat_helpers import train as tr
 from sat_helpers.config import data_root, get_profile
 from sat_helpers.evaluate import evaluate
-from sat_helpers.hard import HardAttentionLoss, attention_entropy
+from sat_helpers.hard import HardAttentionLoss, attention_entropy, token_log_likelihood
 
 RESULTS = Path(__file__).resolve().parent / "results" / "baseline_start.md"
 
@@ -38,7 +38,7 @@ class FirstBatchStart(HardAttentionLoss):
 
     def __call__(self, output, captions, lengths, profile, n_tokens=None):
         if self.baseline is None and output.log_probs_of_samples is not None:
-            log_p, _ = tr.token_log_likelihood(output, captions, lengths)
+            log_p, _ = token_log_likelihood(output, captions, lengths)
             self.baseline = float(log_p.sum(1).detach().mean())
         return super().__call__(output, captions, lengths, profile, n_tokens)
 
@@ -54,13 +54,17 @@ class ZeroStart(HardAttentionLoss):
 STARTS = {"0 (authors' code)": ZeroStart, "first batch's mean (seed)": FirstBatchStart}
 
 
-def run(profile, name: str, loss_class) -> dict:
-    """Train one hard model with this start in its own folder; its test numbers."""
+def run(profile, name: str, loss_class, train: bool = True) -> dict:
+    """Train one hard model with this start in its own folder; its test numbers.
+
+    ``train=False`` scores the folder's best.pt as it is (a run stopped early).
+    """
     out = data_root() / "experiments" / "baseline_start" / f"{profile.name}-{loss_class.__name__}"
     tr.LOSSES["hard"] = loss_class
     start = time.perf_counter()
-    log = tr.train(profile, "hard", resume=True, out_dir=out)
-    minutes = (time.perf_counter() - start) / 60
+    log = tr.train(profile, "hard", resume=True, out_dir=out) if train else \
+        pd.read_csv(out / "log.csv")
+    minutes = (time.perf_counter() - start) / 60 if train else log["seconds"].sum() / 60
     decoder, vocab, _ = tr.load_checkpoint(out / "best.pt")
     table, metrics = evaluate((decoder, vocab), "test", beam_size=1, profile=profile,
                               device="cpu", coco=False)
@@ -85,11 +89,13 @@ def main() -> None:
     parser.add_argument("--profile", default="shapes")
     parser.add_argument("--epochs", type=int, default=None, help="default: the profile's")
     parser.add_argument("--only", choices=[c.__name__ for c in STARTS.values()], default=None)
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the best.pt of runs already there (stopped early)")
     args = parser.parse_args()
     profile = get_profile(args.profile)
     if args.epochs is not None:
         profile = get_profile(args.profile, epochs=args.epochs)
-    rows = [run(profile, name, cls) for name, cls in STARTS.items()
+    rows = [run(profile, name, cls, not args.score_only) for name, cls in STARTS.items()
             if args.only in (None, cls.__name__)]
     table = pd.DataFrame(rows)
     text = (f"# Hard attention: where the baseline starts (`python benchmarks/baseline_start.py`)"
