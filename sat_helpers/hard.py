@@ -16,7 +16,9 @@ REINFORCE term by λ_r, and its reported models do not say another value.)
 
 1. b, a moving average of the log-likelihood, b ← decay·b + (1 − decay)·log p(y | s̃, a)
    (decay ``profile.baseline_decay`` = 0.9): subtracting it leaves the mean unchanged and
-   lowers the variance of the REINFORCE term;
+   lowers the variance of the REINFORCE term. b starts at the first sampled minibatch's
+   mean; the authors' code starts it at 0, which on Shapes pointed worse
+   (``benchmarks/baseline_start.py``, notebook 07);
 2. the entropy bonus λ_e H[s̃] (``profile.entropy_weight``);
 3. with probability 0.5 (``profile.semi_sampling_p``) a minibatch uses the expected context
    Σ_i α_i a_i instead of a sample (the paper's "set the sampled attention location s̃ to

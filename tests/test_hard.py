@@ -109,6 +109,25 @@ def test_reinforce_weight_scales_only_the_score_function_term():
     assert all(torch.equal(g[1], grads[1.0][1]) for g in grads.values())
 
 
+def test_baseline_starts_at_the_first_sampled_minibatchs_mean():
+    """b starts at the first sampled minibatch's mean log p(y|s̃,a), not 0 (see notebook 07)."""
+    profile = get_profile("quick", hard_lam=0.0)
+    loss_fn = HardAttentionLoss(profile)
+    features, W, theta = toy_problem()
+    g = torch.Generator().manual_seed(6)
+    captions, lengths = toy_batch(8)
+    first, second = (toy_output(theta.repeat(8, 1), features, W, g) for _ in range(2))
+    expected = first._replace(log_probs_of_samples=None)  # an expected-context minibatch
+    loss_fn(expected, captions, lengths, profile)
+    assert loss_fn.baseline is None  # b only moves on sampled minibatches
+    mean = [float(o.scores.log_softmax(-1)[:, 0, Y].mean()) for o in (first, second)]
+    assert abs(mean[0]) > 1  # far from 0: the start matters
+    assert loss_fn(first, captions, lengths, profile)[1]["baseline"] == pytest.approx(mean[0])
+    assert loss_fn.baseline == pytest.approx(mean[0])
+    assert loss_fn(second, captions, lengths, profile)[1]["baseline"] == pytest.approx(mean[0])
+    assert loss_fn.baseline == pytest.approx(0.9 * mean[0] + 0.1 * mean[1])
+
+
 def test_baseline_lowers_the_variance():
     features, W, theta = toy_problem()
     g = torch.Generator().manual_seed(2)
