@@ -8,14 +8,14 @@ then α_t = softmax(e_t) (eq. 5). Soft attention returns the expected context Σ
 ``W_a a_i + b`` does not depend on t, so :meth:`SoftAttention.project` computes it once per
 image and the decoder passes it back at every word. Every method takes one query per image,
 (B, ·), or k queries per image, (B, k, ·) (beam search: k beams share one image's features).
+Everything here is plain PyTorch; the CPU decoding path (``sat_helpers.fastcpu``) computes
+the same scores in cache-sized blocks.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-_BLOCK_ELEMENTS = 1 << 19  # floats per block of scores computed without autograd (2 MB)
 
 
 def _check_shapes(features: Tensor, projected: Tensor, query: Tensor) -> None:
@@ -69,38 +69,13 @@ class SoftAttention(nn.Module):
         squeeze = query.dim() == 2
         if squeeze:
             query = query.unsqueeze(1)  # (B, 1, att): one row per image
-        if torch.is_grad_enabled() or projected.device.type != "cpu":  # the blocks: a CPU path
-            scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
-        else:
-            scores = self._scores_in_blocks(projected, query)
+        scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
         if mask is not None:  # (B, P): False where a position is padding
             if not bool(mask.any(dim=-1).all()):
                 raise ValueError(
                     "mask leaves an image with no position to attend to (a row of all False)")
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         return scores.squeeze(1) if squeeze else scores  # (B, k, P)
-
-    def _scores_in_blocks(self, projected: Tensor, query: Tensor) -> Tensor:
-        """The same (B, k, P) scores, a few images at a time: on the CPU, without autograd.
-
-        The (B, k, P, att) tanh input of a whole batch of beams is tens of MB. Here it goes
-        through one reused buffer of about 2 MB that stays in the CPU's cache, and
-        tanh(z) = 2σ(2z) − 1, so w·tanh(z) = 2 w·σ(2z) − Σw: on CPU, torch's sigmoid
-        is about five times faster than its tanh. The scores agree with the plain path to
-        float32 rounding; at the seed's sizes (24 images × 5 beams) they took 5.6 ms a
-        beam-search step instead of 28. On a GPU one batched kernel is faster than a Python
-        loop of small ones, so :meth:`scores` takes this path only on the CPU.
-        """
-        batch, per_image = projected.shape[0], query.shape[1] * projected[0].numel()
-        step = max(1, min(batch, _BLOCK_ELEMENTS // per_image))
-        buffer = projected.new_empty(step, query.shape[1], *projected.shape[1:])
-        w = self.w.weight.squeeze(0)
-        blocks = []
-        for i in range(0, batch, step):
-            x = buffer[: min(step, batch - i)]
-            torch.add(projected[i:i + step].unsqueeze(1), query[i:i + step].unsqueeze(2), out=x)
-            blocks.append(x.mul_(2).sigmoid_() @ w)
-        return 2 * torch.cat(blocks) - w.sum()
 
     def weights(self, projected: Tensor, query: Tensor, mask: Tensor | None = None) -> Tensor:
         """α = softmax over positions of the scores (eq. 5), from W_a a + b and W_h h."""

@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help="profile of the default checkpoint")
     p.add_argument("--vocab", default=None, help="vocabulary JSON (default: the checkpoint's)")
     p.add_argument("--beam", type=int, default=5, help="beam size (1 = greedy)")
-    p.add_argument("--max-len", type=int, default=None, help="default: the profile's")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="words per caption at most, <end> on top (default: the profile's)")
     p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, 0 = none")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also save the attention figure (one file per image)")

@@ -7,6 +7,7 @@ the profile to the helpers, so the same code runs at CI scale, laptop scale and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -63,6 +64,7 @@ class Profile:
     entropy_weight: float = 0.01
     baseline_decay: float = 0.9
     semi_sampling_p: float = 0.5  # hard attention: P(a minibatch uses the expected context)
+    reinforce_weight: float = 1.0  # λ_r, the REINFORCE term's weight (paper Sec. 4.1)
     epochs: int = 24  # the budget: fixed epochs give the same model on any machine
     train_minutes: float = 60.0  # a safety cap only, for very slow machines
     lr_decay: float = 0.8
@@ -74,7 +76,7 @@ class Profile:
     deterministic: bool = False  # CUDA: deterministic kernels, so that resume is exact there too
     # decoding and evaluation
     beam_size: int = 3
-    decode_max_len: int = 20
+    decode_max_len: int = 20  # words of a decoded caption at most; its <end> comes on top
     # what the notebooks assert about learned quality at this scale
     expect_bleu4: float = 0.5
     expect_pointing: float = 0.7
@@ -164,6 +166,39 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     return replace(profile, **overrides)
 
 
+DATA_FIELDS = ("dataset", "shapes_images", "shapes_seed", "shapes_val_fraction",
+               "shapes_test_fraction", "image_size", "min_word_freq", "max_len",
+               "captions_per_image", "data_seed")
+"""The fields a prepared dataset (and so its feature cache) depends on; not ``seed``."""
+HARD_ONLY_FIELDS = ("hard_lam", "entropy_weight", "baseline_decay", "semi_sampling_p",
+                    "reinforce_weight")
+"""Fields only hard-attention training reads: they never reach a soft run's key."""
+SOFT_ONLY_FIELDS = ("lam",)
+"""Fields only soft-attention training reads: they never reach a hard run's key."""
+
+
+def variant_name(profile: Profile, fields) -> str:
+    """The profile's name when ``fields`` hold its named profile's values, else name-<hash>.
+
+    The hash (6 hex digits) is over the changed fields only, so a learner's variant gets
+    folders of its own beside the course's (``shapes`` vs ``shapes-1a2b3c``) and a change
+    to a field an artefact does not depend on keeps sharing it.
+    """
+    base = PROFILES.get(profile.name) or Profile(name=profile.name)
+    changed = {f: _plain(getattr(profile, f)) for f in sorted(fields)
+               if getattr(profile, f) != getattr(base, f)}
+    if not changed:
+        return profile.name
+    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()
+    return f"{profile.name}-{digest[:6]}"
+
+
+def _plain(value):
+    """A number as a float (so 1 and 1.0 name the same variant); anything else as it is."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number else value
+
+
 def data_root() -> Path:
     """Where generated data lives: ``$SAT_DATA``, else a checkout's ``data/``, else a user cache."""
     if "SAT_DATA" in os.environ:
@@ -179,8 +214,12 @@ def data_root() -> Path:
 
 
 def results_path(profile: Profile) -> Path:
-    """The JSON file where notebooks record the headline numbers of a profile's course run."""
-    return data_root() / "results" / f"{profile.name}.json"
+    """The JSON file where notebooks record the headline numbers of a profile's course run.
+
+    A variant (any field changed) records into a file of its own, never the course's.
+    """
+    fields = [f for f in profile.to_dict() if f != "name"]
+    return data_root() / "results" / f"{variant_name(profile, fields)}.json"
 
 
 def record_results(profile: Profile, section: str, values: dict) -> dict:

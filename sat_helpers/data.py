@@ -41,7 +41,7 @@ from numpy.lib.format import open_memmap
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from .config import Profile, data_root
+from .config import DATA_FIELDS, Profile, data_root, variant_name
 from .download import check_free_space
 from .shapes import JSON_NAME, make_shapes_dataset
 
@@ -518,10 +518,19 @@ def ensure_raw_dataset(profile: Profile) -> tuple[Path, Path]:
     return raw / JSON_NAME, raw / "images"
 
 
+def prepared_dir(profile: Profile) -> Path:
+    """Where the profile's prepared dataset lives: data_root()/prepared/<variant name>.
+
+    The name is the profile's for the course's values of ``DATA_FIELDS``, plus a hash of
+    the changed ones for a variant (``config.variant_name``): a variant builds beside it.
+    """
+    return data_root() / "prepared" / variant_name(profile, DATA_FIELDS)
+
+
 def ensure_dataset(profile: Profile) -> Path:
     """The profile's prepared dataset folder, built (or reused) from ``ensure_raw_dataset``."""
     karpathy_json, image_dir = ensure_raw_dataset(profile)
-    return prepare_dataset(karpathy_json, image_dir, data_root() / "prepared" / profile.name,
+    return prepare_dataset(karpathy_json, image_dir, prepared_dir(profile),
                            profile.image_size, profile.min_word_freq, profile.max_len,
                            profile.captions_per_image, profile.data_seed,
                            on_bad_image="error" if profile.dataset == "shapes" else "skip")

@@ -1,55 +1,26 @@
 """The paper's LSTM decoder with attention (Xu et al. 2015, Sec. 3.1.2, eq. 1-7 and 4.2.1).
 
-One decoding step is defined once, in :meth:`AttentionDecoder._advance`; teacher-forced
-:meth:`AttentionDecoder.forward` and the searches' :meth:`AttentionDecoder.step` both call it.
-What does not depend on the previous step is moved out of the time loop: the projection of
-the annotation vectors (once per image), the embedding half of the LSTM input (for all words
-at once), and the output layer (once, on every live step together).
+One decoding step is written once, equation by equation, in :meth:`AttentionDecoder.advance`,
+in plain PyTorch: teacher-forced :meth:`AttentionDecoder.forward` runs it once per word on
+the captions still live, and the searches' :meth:`AttentionDecoder.step` once per word on
+every image (and beam). Only the projection of the annotation vectors, W_a a_i + b, is
+moved out of the time loop: it does not depend on t, so it is computed once per image.
 
-Decoding on the CPU (``init_state`` without autograd, float32) uses the step's weights
-re-laid out once for oneDNN, carried in :attr:`DecoderState.weights`. A decoding step has
-few rows (k beams of a few images), and for few rows torch's default float32 kernel (MKL)
-is slow on some CPUs: on the AMD EPYC we measure on, the 10 000-word output layer took
-2.8 ms for 5 rows and 0.3 ms packed (``benchmarks/bench_search.py`` shows both).
-Set ``sat_helpers.decoder.PACK_WEIGHTS = False`` to decode with the plain kernels.
+Decoding on the CPU (eval mode, no autograd, float32) runs the same equations through
+faster kernels, behind one seam: :mod:`sat_helpers.fastcpu` (``init_state`` asks it for
+the step's re-laid-out weights, ``step`` hands over to it when the state carries them). On
+CUDA, with autograd, or in another dtype, the step below is what runs.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fastcpu
 from .attention import HardAttention, SoftAttention
-
-PACK_WEIGHTS = True  # decode on the CPU with weights packed for oneDNN (module docstring)
-Weights = dict[str, tuple[Tensor, Tensor | None]]  # (weight, bias) of each linear map of a step
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x W^T + b: oneDNN's kernel for a weight packed by :func:`_pack`, else ``F.linear``."""
-    if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
-
-
-def _pack(weights: Weights) -> Weights:
-    """The same maps with each weight re-laid out for oneDNN (an opaque CPU tensor)."""
-    return {name: (torch.ops.mkldnn._reorder_linear_weight(w.contiguous()), b)
-            for name, (w, b) in weights.items()}
-
-
-@functools.cache
-def _onednn_works() -> bool:
-    """Whether this torch build can pack a weight and run oneDNN's linear (checked once)."""
-    try:
-        packed = _pack({"probe": (torch.ones(2, 3), None)})["probe"]
-        return bool(torch.equal(_linear(torch.ones(1, 3), *packed), torch.full((1, 2), 3.0)))
-    except Exception:  # whatever the failure, decoding falls back to the plain kernels
-        return False
 
 
 def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,6 +39,18 @@ class DecoderOutput(NamedTuple):
     entropies: Tensor | None  # (B, T-1) entropy of α_t (hard only)
 
 
+class StepOutput(NamedTuple):
+    """What one step of :meth:`AttentionDecoder.advance` computes, for the rows it was given."""
+
+    logits: Tensor  # (..., V) unnormalised log p(y_t | y_<t, a)
+    h: Tensor  # h_t
+    c: Tensor  # c_t
+    context: Tensor  # β_t ẑ_t, what the LSTM read
+    alpha: Tensor  # α_t (..., P)
+    sample_log_prob: Tensor | None  # log α_{t,s_t} of the sampled location (hard, training)
+    entropy: Tensor | None  # H[α_t] (hard attention)
+
+
 class DecoderState(NamedTuple):
     """What one decoding step needs: LSTM state and the image's (projected) annotations."""
 
@@ -75,7 +58,7 @@ class DecoderState(NamedTuple):
     c: Tensor
     features: Tensor  # (B, P, E), shared by the k beams of an image
     projected: Tensor  # (B, P, A) = W_a a + b, computed once per image
-    weights: Weights | None = None  # the step's weights packed for CPU decoding, else None
+    weights: dict | None = None  # the step's weights for sat_helpers.fastcpu (CPU decoding)
 
     def expand(self, k: int) -> DecoderState:
         """k copies of each image's LSTM state, (B, D) -> (B, k, D); annotations stay shared."""
@@ -133,55 +116,28 @@ class AttentionDecoder(nn.Module):
             self.L_o = nn.Linear(dec_dim, vocab_size)
 
     # -- one step, shared by forward() and step() ------------------------------------------
-    def _fused_h_projection(self) -> tuple[Tensor, Tensor]:
-        """One matrix for everything computed from h_{t-1}: W_h h, f_β(h), and W_hh h."""
-        att, hh = self.attention.W_h.weight, self.lstm_hh.weight
-        if not self.gate_dim:
-            return torch.cat([att, hh]), None
-        weight = torch.cat([att, self.f_beta.weight, hh])
-        bias = torch.cat([att.new_zeros(att.shape[0]), self.f_beta.bias, hh.new_zeros(hh.shape[0])])
-        return weight, bias
+    def advance(self, prev_tokens: Tensor, h: Tensor, c: Tensor, features: Tensor,
+                projected: Tensor) -> StepOutput:
+        """One word, as the paper writes it: y_{t-1}, h_{t-1}, c_{t-1} -> p(y_t), h_t, c_t.
 
-    def _weights(self) -> Weights:
-        """(weight, bias) of every linear map of a step; the three maps of h_{t-1} fused as "h"."""
-        weights = {
-            "h": self._fused_h_projection(),
-            "lstm_emb": (self.lstm_emb.weight, self.lstm_emb.bias),
-            "lstm_ctx": (self.lstm_ctx.weight, None),
-            "L_o": (self.L_o.weight, self.L_o.bias),
-        }
-        if hasattr(self, "L_h"):
-            weights |= {"L_h": (self.L_h.weight, self.L_h.bias), "L_z": (self.L_z.weight, None)}
-        return weights
-
-    def _packed_weights(self, features: Tensor) -> Weights | None:
-        """The step's weights packed for oneDNN when decoding float32 on the CPU, else None."""
-        decoding_on_cpu = (
-            PACK_WEIGHTS and not torch.is_grad_enabled() and features.device.type == "cpu"
-            and features.dtype == self.L_o.weight.dtype == torch.float32
-        )
-        return _pack(self._weights()) if decoding_on_cpu and _onednn_works() else None
-
-    def _advance(self, h, c, emb_gates, features, projected, weights: Weights):
-        """h_{t-1}, c_{t-1} -> h_t, c_t, the gated context β_t ẑ_t, α_t (+ hard-attention terms)."""
-        query, gate_logit, hh = _linear(h, *weights["h"]).split(
-            [self.config["att_dim"], self.gate_dim, self.lstm_hh.out_features], -1
-        )
-        attended = self.attention.attend(features, projected, query)
-        context, alpha = attended[0], attended[1]
+        Any rows: prev_tokens (B,) with h, c (B, D), or (B, k) with (B, k, D) for k beams per
+        image; features (B, P, E) and projected = W_a a + b (B, P, A) once per image.
+        """
+        Ey = self.embedding(prev_tokens)  # E y_{t-1}: the previous word's embedding (..., m)
+        # f_att (eq. 4): e_ti = w^T tanh(W_a a_i + b + W_h h_{t-1}); α_t = softmax(e_t) (eq. 5);
+        # φ (eq. 6): ẑ_t = Σ_i α_ti a_i (soft, eq. 13), or a_{s_t} with s_t ~ α_t (hard, eq. 9)
+        z, alpha, *hard = self.attention.attend(features, projected, self.attention.W_h(h))
         if self.gate_dim:
-            context = torch.sigmoid(gate_logit) * context  # β_t ẑ_t
-        # eq. 1: T_{D+m+n,n} [E y; h; ẑ], as three maps
-        gates = emb_gates + hh + _linear(context, *weights["lstm_ctx"])
-        h, c = lstm_update(gates, c)  # eq. 2-3
-        extra = attended[2:] if len(attended) == 4 else (None, None)
-        return h, c, context, alpha, *extra
-
-    def _output(self, emb: Tensor, h: Tensor, context: Tensor, weights: Weights) -> Tensor:
-        """Logits of the next word: L_o(E y_{t-1} + L_h h_t + L_z ẑ_t) (eq. 7), or L_o(h_t)."""
-        if "L_h" in weights:
-            h = torch.tanh(emb + _linear(h, *weights["L_h"]) + _linear(context, *weights["L_z"]))
-        return _linear(self.dropout(h), *weights["L_o"])
+            z = torch.sigmoid(self.f_beta(h)) * z  # β_t = σ(f_β(h_{t-1})) gates ẑ_t (Sec. 4.2.1)
+        # eq. 1: (i, f, o, g) = (σ, σ, σ, tanh)(T [E y_{t-1}; h_{t-1}; ẑ_t]), T as three maps
+        h, c = lstm_update(self.lstm_emb(Ey) + self.lstm_hh(h) + self.lstm_ctx(z), c)  # eq. 2-3
+        if self.config["deep_output"]:  # eq. 7: L_o(E y_{t-1} + L_h h_t + L_z ẑ_t); the tanh
+            out = torch.tanh(Ey + self.L_h(h) + self.L_z(z))  # is the authors' code's
+        else:
+            out = h
+        logits = self.L_o(self.dropout(out))  # eq. 7: p(y_t | a, y_<t) ∝ exp(logits)
+        sample_log_prob, entropy = hard if hard else (None, None)
+        return StepOutput(logits, h, c, z, alpha, sample_log_prob, entropy)
 
     def _initial(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h_0 = tanh(f_init,h(mean a)), c_0 likewise, and W_a a + b for every position."""
@@ -193,23 +149,19 @@ class AttentionDecoder(nn.Module):
     def init_state(self, features: Tensor) -> DecoderState:
         """h_0, c_0 from the mean annotation vector; the annotations' projection, once.
 
-        Without autograd, on the CPU, the state also carries the step's packed weights.
+        Decoding on the CPU (no autograd, float32), the state also carries the step's weights
+        for :mod:`sat_helpers.fastcpu`.
         """
         h, c, projected = self._initial(features)
-        return DecoderState(h, c, features, projected, self._packed_weights(features))
+        return DecoderState(h, c, features, projected, fastcpu.prepare(self, features))
 
     def step(self, state: DecoderState, prev_tokens: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
         """One word: log p(y_t | y_<t, a) (..., V), α_t (..., P) and the next state."""
-        packed = state.weights is not None and not torch.is_grad_enabled()
-        weights = state.weights if packed else self._weights()
-        emb = self.embedding(prev_tokens)
-        h, c, context, alpha, *_ = self._advance(
-            state.h, state.c, _linear(emb, *weights["lstm_emb"]), state.features,
-            state.projected, weights,
-        )
-        logits = self._output(emb, h, context, weights)
-        log_probs = logits.log_softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        return log_probs, alpha, state._replace(h=h, c=c)
+        if fastcpu.applies(self, state):  # decoding on the CPU: the same step, faster kernels
+            return fastcpu.step(self, state, prev_tokens)
+        out = self.advance(prev_tokens, state.h, state.c, state.features, state.projected)
+        dtype = torch.promote_types(out.logits.dtype, torch.float32)
+        return out.logits.log_softmax(-1, dtype=dtype), out.alpha, state._replace(h=out.h, c=out.c)
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
         """Teacher forcing: scores for captions[:, 1:], computing only live steps of the batch.
@@ -226,31 +178,28 @@ class AttentionDecoder(nn.Module):
         live = [int((steps > t).sum()) for t in range(n_steps)]  # rows live at step t
         order_dev = order.to(features.device)
         features = features[order_dev]  # indexing copies ~3x faster than index_select on the CPU
-        emb = self.embedding(captions.index_select(0, order_dev)[:, :n_steps])  # (B, T-1, m)
-        weights = self._weights()
-        emb_gates = _linear(emb, *weights["lstm_emb"])  # embedding half of all LSTM inputs, at once
+        captions = captions.index_select(0, order_dev)
         h, c, projected = self._initial(features)
         outs = []
         for t, n in enumerate(live):
-            h, c, *rest = self._advance(
-                h[:n], c[:n], emb_gates[:n, t], features[:n], projected[:n], weights
-            )
-            outs.append((h, *rest))
-        hs, contexts, alphas, log_ps, ents = zip(*outs, strict=True)
+            out = self.advance(captions[:n, t], h[:n], c[:n], features[:n], projected[:n])
+            h, c = out.h, out.c
+            outs.append(out)
         rows = torch.cat([torch.arange(n) for n in live]).to(features.device)
         cols = torch.cat([torch.full((n,), t) for t, n in enumerate(live)]).to(features.device)
-        logits = self._output(emb[rows, cols], torch.cat(hs), torch.cat(contexts), weights)
         where = (order_dev[rows], cols)
 
-        def unpack(packed: Tensor) -> Tensor:
-            """(Σ live, ...) -> (B, T-1, ...) in the caller's order, zero where not live."""
+        def unpack(parts: list[Tensor | None]) -> Tensor | None:
+            """Per-step (live, ...) parts -> (B, T-1, ...) in the caller's order, 0 elsewhere."""
+            if parts[0] is None:
+                return None
+            packed = torch.cat(parts)
             out = packed.new_zeros(batch, n_steps, *packed.shape[1:])
             return out.index_put(where, packed)
 
-        hard = log_ps[0] is not None
         return DecoderOutput(
-            unpack(logits),
-            unpack(torch.cat(alphas)),
-            unpack(torch.cat(log_ps)) if hard else None,
-            unpack(torch.cat(ents)) if ents[0] is not None else None,
+            unpack([o.logits for o in outs]),
+            unpack([o.alpha for o in outs]),
+            unpack([o.sample_log_prob for o in outs]),
+            unpack([o.entropy for o in outs]),
         )

@@ -550,11 +550,15 @@ def _is_cached(out_dir: Path, manifest: dict, key: dict, dataset_dir: Path, spli
 
 
 def features_dir(profile) -> Path:
-    """Where a profile's feature cache lives: data_root()/features/<profile>-<encoder>-<grid>."""
-    from .config import data_root
+    """Where a profile's feature cache lives: data_root()/features/<data>-<encoder>-<grid>.
 
-    return data_root() / "features" / f"{profile.name}-{get_spec(profile.encoder).name}-" \
-                                      f"{profile.grid}"
+    <data> names the prepared dataset (``config.variant_name`` of ``DATA_FIELDS``): the
+    profile's name for the course's data, name-<hash> for a variant's, which so caches beside it.
+    """
+    from .config import DATA_FIELDS, data_root, variant_name
+
+    return data_root() / "features" / (f"{variant_name(profile, DATA_FIELDS)}-"
+                                       f"{get_spec(profile.encoder).name}-{profile.grid}")
 
 
 def cached_splits(profile) -> tuple[str, ...]:

@@ -9,11 +9,16 @@ s_t ~ Multinoulli(α_t). The model maximises a variational lower bound on log p(
 whose gradient (eq. 11) is estimated by Monte Carlo with sampled locations s̃ ~ p(s | a)
 (eq. 12, with the three variance-reduction devices of the paper):
 
-    ∂L_s/∂W ≈ ∂log p(y | s̃, a)/∂W + (log p(y | s̃, a) − b) ∂log p(s̃ | a)/∂W + λ_e ∂H[s̃]/∂W
+    ∂L_s/∂W ≈ ∂log p(y | s̃, a)/∂W + λ_r (log p(y | s̃, a) − b) ∂log p(s̃ | a)/∂W + λ_e ∂H[s̃]/∂W
+
+(λ_r is ``profile.reinforce_weight``, 1 by default: the paper's final rule weighs the
+REINFORCE term by λ_r, and its reported models do not say another value.)
 
 1. b, a moving average of the log-likelihood, b ← decay·b + (1 − decay)·log p(y | s̃, a)
    (decay ``profile.baseline_decay`` = 0.9): subtracting it leaves the mean unchanged and
-   lowers the variance of the REINFORCE term;
+   lowers the variance of the REINFORCE term. b starts at the first sampled minibatch's
+   mean; the authors' code starts it at 0, which on Shapes pointed worse
+   (``benchmarks/baseline_start.py``, notebook 07);
 2. the entropy bonus λ_e H[s̃] (``profile.entropy_weight``);
 3. with probability 0.5 (``profile.semi_sampling_p``) a minibatch uses the expected context
    Σ_i α_i a_i instead of a sample (the paper's "set the sampled attention location s̃ to
@@ -80,13 +85,14 @@ class HardAttentionLoss:
     seeded by (seed, minibatch number): the same draws on every process and after a resume.
     ``loss(output, captions, lengths, profile, n_tokens=None)`` returns (loss, parts):
 
-        loss = [−Σ log p(y|s̃,a) − Σ_n (log p(y_n|s̃_n,a) − b) log p(s̃_n|a) − λ_e Σ H[α_t]] / N
+        loss = [−Σ log p(y|s̃,a) − λ_r Σ_n (log p(y_n|s̃_n,a) − b) log p(s̃_n|a) − λ_e Σ H[α_t]] / N
                + doubly stochastic penalty with λ = ``profile.hard_lam``
 
-    with N the number of real words (or ``n_tokens``), as in the soft loss; the REINFORCE
-    term is only there when the output holds sampled locations (a sampled training
-    minibatch), which is also the only time b moves. Its value is zero, so the number
-    reported is the cross-entropy + penalty − λ_e · mean entropy.
+    with N the number of real words (or ``n_tokens``), as in the soft loss, and λ_r
+    ``profile.reinforce_weight``; the REINFORCE term is only there when the output holds
+    sampled locations (a sampled training minibatch), which is also the only time b moves.
+    Its value is zero, so the number reported is the cross-entropy + penalty − λ_e · mean
+    entropy.
 
     ``hard_lam`` is 0 by default: the paper's hard-attention objective (Sec. 4.1) has no
     doubly stochastic penalty, which it introduces for soft attention (Sec. 4.2.1). With a
@@ -130,7 +136,7 @@ class HardAttentionLoss:
                 self.baseline = float(mean)
             sample_log_prob = (output.log_probs_of_samples.float() * real).sum(1)  # log p(s̃|a)
             surrogate = reinforce_surrogate(log_likelihood, sample_log_prob, self.baseline)
-            loss = loss - surrogate.sum() / n
+            loss = loss - profile.reinforce_weight * surrogate.sum() / n
             parts["baseline"] = self.baseline
             decay = profile.baseline_decay
             self.baseline = decay * self.baseline + (1 - decay) * float(mean)

@@ -2,11 +2,15 @@
 
 Both use only ``decoder.init_state`` and ``decoder.step``. Conventions shared by both:
 
-- ``max_len`` is the largest number of decoding steps, i.e. of emitted tokens, ``<end>``
-  included. A caption that ended has at most ``max_len - 1`` words; one that did not end
-  by then is cut at ``max_len`` words ("truncated").
-- ``<pad>``, ``<start>`` and ``<unk>`` are never emitted: their log-probabilities are set
-  to -inf before choosing.
+- ``max_len`` counts words, like ``Profile.max_len`` (the longest training caption) and
+  ``Profile.decode_max_len``: ``<end>`` comes on top. A caption of ``max_len`` words can
+  still end: the search takes one more step, ``max_len + 1`` in all, in which only an
+  ``<end>`` counts. A caption that has not ended by then is cut at ``max_len`` words
+  ("truncated").
+- ``<pad>`` and ``<start>`` are never emitted, and ``<unk>`` only with ``allow_unk=True``:
+  their log-probabilities are set to -inf before choosing. The paper does not forbid
+  ``<unk>``; the course does by default, since "a <unk> circle" tells a reader nothing
+  (with ``min_word_freq`` 1 on Shapes the model never sees one anyway).
 - :class:`Caption` ``score`` is the summed log-probability of every emitted token,
   ``<end>`` included when it was emitted (never length-normalised); ``alphas`` holds one
   attention map per emitted token, in order, ``<end>`` included: shape
@@ -70,9 +74,10 @@ def _check_args(features: Tensor, max_len: int, beam_size: int = 1) -> None:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
 
 
-def _forbidden(vocab, device: torch.device) -> Tensor:
-    """Ids the search must never emit: <pad>, <start>, <unk>."""
-    return torch.tensor([vocab.pad_id, vocab.start_id, vocab.unk_id], device=device)
+def _forbidden(vocab, device: torch.device, allow_unk: bool) -> Tensor:
+    """Ids the search must never emit: <pad>, <start>, and <unk> unless ``allow_unk``."""
+    ids = [vocab.pad_id, vocab.start_id] + ([] if allow_unk else [vocab.unk_id])
+    return torch.tensor(ids, device=device)
 
 
 def _keep_images(state, rows: Tensor, caller_features: Tensor):
@@ -105,31 +110,37 @@ def _caption(tokens: list[int], score: float, alphas: Tensor, vocab, ended: bool
     return Caption(tokens, vocab.decode(tokens), score, alphas)
 
 
-def greedy_search(decoder, features: Tensor, max_len: int, *, vocab) -> list[Caption]:
+def greedy_search(decoder, features: Tensor, max_len: int, *, vocab,
+                  allow_unk: bool = False) -> list[Caption]:
     """The most likely next word at every step, for all images at once; one Caption per image.
 
     Images whose caption has ended are dropped from the batch, so the step runs on live
-    rows only. See the module docstring for ``max_len``, the score and the alphas.
+    rows only. See the module docstring for ``max_len`` (words), ``allow_unk``, the score
+    and the alphas.
     """
     _check_args(features, max_len)
     n_images, device = features.shape[0], features.device
-    tokens = torch.zeros(n_images, max_len, dtype=torch.long, device=device)
-    n_emitted = torch.full((n_images,), max_len, dtype=torch.long)
+    tokens = torch.zeros(n_images, max_len + 1, dtype=torch.long, device=device)
+    n_emitted = torch.full((n_images,), max_len, dtype=torch.long)  # until one ends: truncated
     alphas = scores = None
     with _decoding(decoder):
         state = decoder.init_state(features)
-        forbidden = _forbidden(vocab, device)
+        forbidden = _forbidden(vocab, device, allow_unk)
         prev = torch.full((n_images,), vocab.start_id, dtype=torch.long, device=device)
         live = torch.arange(n_images, device=device)  # images still decoding
-        for t in range(max_len):
+        for t in range(max_len + 1):  # max_len words, then one more step for their <end>
             log_probs, alpha, state = decoder.step(state, prev)
             best, prev = log_probs.index_fill(-1, forbidden, -math.inf).max(dim=-1)
             if alphas is None:  # in the decoder's dtype
-                alphas = alpha.new_zeros(n_images, max_len, alpha.shape[-1])
+                alphas = alpha.new_zeros(n_images, max_len + 1, alpha.shape[-1])
                 scores = best.new_zeros(n_images)
-            tokens[live, t], scores[live], alphas[live, t] = prev, scores[live] + best, alpha
             ended = prev == vocab.end_id
-            if bool(ended.any()):
+            if t == max_len:  # after max_len words only an <end> is kept; the others stay cut
+                live, prev, best, alpha = live[ended], prev[ended], best[ended], alpha[ended]
+            tokens[live, t], scores[live], alphas[live, t] = prev, scores[live] + best, alpha
+            if t == max_len:
+                n_emitted[live.cpu()] = t + 1
+            elif bool(ended.any()):
                 n_emitted[live[ended].cpu()] = t + 1
                 keep = (~ended).nonzero().squeeze(1)
                 live, prev, state = live[keep], prev[keep], _keep_images(state, keep, features)
@@ -155,8 +166,9 @@ def length_normalised(score: Tensor | float, length: int, length_penalty: float)
 def _best_possible(live_scores: Tensor, t: int, max_len: int, length_penalty: float) -> Tensor:
     """Upper bound of the normalised score any continuation of the live beams can reach.
 
-    A continuation of a beam with summed log-prob s ≤ 0 after t tokens finishes with a
-    score s' ≤ s at a length L in [t+1, max_len], so its normalised score is at most
+    ``max_len`` here counts tokens, <end> included. A continuation of a beam with summed
+    log-prob s ≤ 0 after t tokens finishes with a score s' ≤ s at a length L in
+    [t+1, max_len], so its normalised score is at most
     max over L of s / lp(L). lp is monotone in L, so the maximum is at one of the two
     ends: with α > 0 at L = max_len (not at t+1: the bound does not shrink monotonically
     like the plain score does), with α < 0 at L = t+1, with α = 0 it is s itself.
@@ -189,13 +201,15 @@ def beam_search(
     vocab,
     length_penalty: float = 0.0,
     return_all: bool = False,
+    allow_unk: bool = False,
 ) -> list[Caption] | list[list[Caption]]:
     """Beam search over all images and beams at once: B·k rows per step, features once per image.
 
     Returns the best Caption per image, ranked by :func:`length_normalised` score (plain
     summed log-probability when ``length_penalty`` is 0). With ``return_all`` it returns,
     per image, up to ``beam_size`` Captions best first: the finished ones, then (only if
-    the search reached ``max_len``) truncated ones. The rules are in the module docstring.
+    the search reached ``max_len`` words) truncated ones. The rules, ``max_len`` (words)
+    and ``allow_unk`` are in the module docstring.
     """
     _check_args(features, max_len, beam_size)
     k, device = int(beam_size), features.device
@@ -204,14 +218,14 @@ def beam_search(
     best_done = torch.full((n_images,), -math.inf, device=device)  # best finished, normalised
     with _decoding(decoder):
         state = decoder.init_state(features).expand(k)  # h, c: (B, k, D); features stay (B, P, E)
-        forbidden = _forbidden(vocab, device)
+        forbidden = _forbidden(vocab, device, allow_unk)
         live = torch.arange(n_images, device=device)  # images still searched
         scores = torch.full((n_images, k), -math.inf, device=device)
         scores[:, 0] = 0.0  # k identical beams at the start: keep one
         prev = torch.full((n_images, k), vocab.start_id, dtype=torch.long, device=device)
         history = torch.zeros(n_images, k, 0, dtype=torch.long, device=device)  # tokens so far
         maps = None  # (b, k, t, P) attention so far
-        for t in range(1, max_len + 1):  # t = tokens emitted after this step
+        for t in range(1, max_len + 2):  # t = tokens emitted after this step, <end> included
             log_probs, alpha, state = decoder.step(state, prev)  # (b, k, V), (b, k, P)
             # in place: a fresh (b, k, V) tensor per step costs more than the arithmetic
             log_probs.index_fill_(-1, forbidden, -math.inf)
@@ -227,6 +241,10 @@ def beam_search(
                 norm = float(length_normalised(score, t, length_penalty))
                 finished[image].append((False, -norm, caption))
                 best_done[image] = max(float(best_done[image]), norm)
+            if t > max_len:  # max_len words: an <end> could still come, another word not
+                _add_truncated(finished, live, scores, history, maps[:, :, :-1], vocab,
+                               length_penalty)
+                break
             # the k best extensions that are not <end> live on (a stable sort keeps their order)
             pick = torch.argsort(is_end.to(torch.int8), dim=1, stable=True)[:, :k]
             beam, token = beam.gather(1, pick), token.gather(1, pick)
@@ -235,10 +253,7 @@ def beam_search(
             history = torch.cat([history.gather(1, _like(beam, history)), token.unsqueeze(2)], 2)
             maps = maps.gather(1, _like(beam, maps))
             prev = token
-            if t == max_len:
-                _add_truncated(finished, live, scores, history, maps, vocab, length_penalty)
-                break
-            bound = _best_possible(scores, t, max_len, length_penalty)
+            bound = _best_possible(scores, t, max_len + 1, length_penalty)
             done = (best_done[live] >= bound) & best_done[live].isfinite()
             if bool(done.any()):
                 keep = (~done).nonzero().squeeze(1)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .attention import doubly_stochastic_penalty
-from .config import Profile, data_root
+from .config import HARD_ONLY_FIELDS, SOFT_ONLY_FIELDS, Profile, data_root, variant_name
 from .data import CaptionDataset, Vocab, caption_collate, ensure_dataset
 from .decoder import AttentionDecoder, DecoderOutput
 from .encoder import Encoder, FeatureDataset, dataset_hash, ensure_features
@@ -66,9 +66,20 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became inf or NaN; the message names the epoch, batch and causes."""
 
 
+def training_fields(profile: Profile, attention: str) -> list[str]:
+    """The profile fields a run of this attention depends on (none of the other's only)."""
+    other = HARD_ONLY_FIELDS if attention == "soft" else SOFT_ONLY_FIELDS
+    return [f for f in profile.to_dict() if f not in NOT_TRAINING and f not in other]
+
+
 def run_dir(profile: Profile, attention: str = "soft") -> Path:
-    """Where a profile's run lives: data_root()/runs/<profile>-<attention>/."""
-    return data_root() / "runs" / f"{profile.name}-{attention}"
+    """Where a profile's run lives: data_root()/runs/<variant name>-<attention>/.
+
+    The course's run is ``<profile>-<attention>``; a profile with other training fields
+    (``training_fields``) gets ``<profile>-<hash>-<attention>`` beside it, never over it.
+    """
+    return data_root() / "runs" / f"{variant_name(profile, training_fields(profile, attention))}" \
+                                  f"-{attention}"
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -239,7 +250,7 @@ class CaptionModel(nn.Module):
 
 def training_config(profile: Profile, attention: str, one_per_image: bool | None = None) -> dict:
     """What a checkpoint must match to be reused: the training fields of the profile."""
-    fields = {k: v for k, v in profile.to_dict().items() if k not in NOT_TRAINING}
+    fields = {k: getattr(profile, k) for k in training_fields(profile, attention)}
     if one_per_image is None:
         one_per_image = profile.dataset == "shapes"
     return {"attention": attention, "one_per_image": one_per_image, **fields}

@@ -66,26 +66,6 @@ def test_projected_path_equals_plain_path_and_is_used(device):
     assert not torch.allclose(other[1], plain[1]), "the projected argument was ignored"
 
 
-def test_scores_without_autograd_equal_scores_with_it(device):
-    """Decoding scores a few images at a time on the CPU (in cache); the numbers must not change.
-
-    (Elsewhere decoding takes the plain batched path, which this checks against itself.)
-    """
-    torch.manual_seed(0)
-    att = SoftAttention(16, 8, 512).to(device)
-    projected = att.project(torch.randn(6, 196, 16).to(device))
-    query = att.W_h(torch.randn(6, 5, 8).to(device))
-    with_grad = att.scores(projected, query)
-    with torch.no_grad():
-        blocked = att.scores(projected, query)  # (5·196·512 floats per image: 1 per block)
-        mask = (torch.rand(6, 196) > 0.3).to(device)
-        masked = att.scores(projected, query, mask)
-    expected = with_grad.detach().masked_fill(~mask.unsqueeze(1), float("-inf"))
-    torch.testing.assert_close(masked, expected, rtol=0, atol=1e-6)
-    assert blocked.shape == (6, 5, 196)
-    torch.testing.assert_close(blocked, with_grad.detach(), rtol=0, atol=1e-6)
-
-
 def test_permuting_positions_permutes_alpha():
     att, features, hidden = make()
     context, alpha = att(features, hidden)

@@ -410,7 +410,7 @@ def test_ensure_dataset_generates_prepares_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setenv("SAT_DATA", str(tmp_path))
     profile = get_profile("quick", shapes_images=12, image_size=64, captions_per_image=5)
     out = data.ensure_dataset(profile)
-    assert out == tmp_path / "prepared" / "quick"
+    assert out == data.prepared_dir(profile) and out.parent == tmp_path / "prepared"
     raw = data.shapes_dir(profile)
     assert (raw / "dataset_shapes.json").exists() and len(list((raw / "images").iterdir())) == 12
     report = PrepareReport.load(out)
@@ -423,5 +423,5 @@ def test_ensure_dataset_generates_prepares_and_reuses(tmp_path, monkeypatch):
     # another training seed reuses the prepared data (and so the features); another data seed not
     assert data.ensure_dataset(dataclasses.replace(profile, seed=7)) == out
     assert (files_state(out), (raw / "dataset_shapes.json").stat().st_mtime_ns) == before
-    data.ensure_dataset(dataclasses.replace(profile, data_seed=7))
-    assert files_state(out) != before[0]
+    other = data.ensure_dataset(dataclasses.replace(profile, data_seed=7))  # built beside it
+    assert other != out and other.parent == out.parent and files_state(out) == before[0]

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from sat_helpers import decoder as decoder_module
 from sat_helpers.decoder import AttentionDecoder
 
 V, E, P = 11, 6, 5
@@ -75,57 +74,6 @@ def test_gradients_reach_every_parameter(device):
     out.scores.sum().backward()
     missing = [n for n, p in dec.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert missing == []
-
-
-# The packed (oneDNN) weights are a CPU speed path: these tests are about the CPU only.
-needs_onednn = pytest.mark.skipif(not decoder_module._onednn_works(),
-                                  reason="this torch build has no oneDNN linear")
-
-
-@needs_onednn
-@pytest.mark.parametrize("gate", ["scalar", None])
-@pytest.mark.parametrize("deep_output", [True, False])
-def test_packed_decoding_step_equals_the_plain_step(gate, deep_output, monkeypatch):
-    dec = make(gate=gate, deep_output=deep_output).float()
-    feats, caps, _ = batch()
-    feats = feats.float()
-    with torch.no_grad():
-        packed = dec.init_state(feats)
-        monkeypatch.setattr(decoder_module, "PACK_WEIGHTS", False)
-        plain = dec.init_state(feats)
-    assert plain.weights is None
-    assert packed.weights is not None and all(w.is_mkldnn for w, _ in packed.weights.values())
-    with torch.no_grad():
-        for t in range(3):
-            lp_packed, a_packed, packed = dec.step(packed, caps[:, t])
-            lp_plain, a_plain, plain = dec.step(plain, caps[:, t])
-            assert torch.allclose(lp_packed, lp_plain, atol=1e-5)
-            assert torch.allclose(a_packed, a_plain, atol=1e-6)
-            assert torch.allclose(packed.h, plain.h, atol=1e-6)
-
-
-@needs_onednn
-def test_step_with_autograd_uses_the_parameters_not_the_packed_copy():
-    dec = make().float()
-    feats, caps, _ = batch()
-    with torch.no_grad():
-        state = dec.init_state(feats.float())
-    assert state.weights is not None
-    assert dec.init_state(feats.float()).weights is None  # with autograd: nothing packed
-    log_probs, _, _ = dec.step(state, caps[:, 0])
-    log_probs.sum().backward()
-    assert dec.L_o.weight.grad is not None and dec.L_o.weight.grad.abs().sum() > 0
-
-
-def test_without_onednn_decoding_uses_the_plain_kernels(monkeypatch):
-    monkeypatch.setattr(decoder_module, "_onednn_works", lambda: False)
-    dec = make().float()
-    feats, caps, _ = batch()
-    with torch.no_grad():
-        state = dec.init_state(feats.float())
-        log_probs, _, _ = dec.step(state, caps[:, 0])
-    assert state.weights is None and log_probs.shape == (4, V)
-    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(4))
 
 
 def test_hard_attention_returns_the_sampling_terms(device):

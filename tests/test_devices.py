@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sat_helpers import attention as attention_module
+from sat_helpers import fastcpu
 from sat_helpers.attention import doubly_stochastic_penalty
 from sat_helpers.decoder import AttentionDecoder
 
@@ -26,7 +26,7 @@ FACTORIES = {"tensor", "zeros", "ones", "full", "empty", "arange", "rand", "rand
 # Package functions that may make CPU tensors, and why.
 CPU_BY_DESIGN = {
     "data.caption_collate": "a DataLoader batch: made on the CPU, the trainer moves it",
-    "decoder._onednn_works": "probes oneDNN, a CPU library",
+    "fastcpu.onednn_works": "probes oneDNN, a CPU library",
     "decoder.AttentionDecoder.forward": "row/column indices from Python ints, moved at once",
     "hard.HardAttentionLoss.before_batch": "a coin from a CPU generator, read as a bool",
     "search.greedy_search": "n_emitted: CPU bookkeeping, indexed with CPU indices",
@@ -170,16 +170,16 @@ def test_decoder_runs_on_the_meta_device():
     assert log_probs.shape == (3, 2, 20) and alpha.device == meta
 
 
-def test_blocked_scores_only_on_the_cpu(monkeypatch):
-    # the CPU speed path (a Python loop of small blocks) must not run on another device
+def test_cpu_speed_paths_only_on_the_cpu(monkeypatch):
+    # sat_helpers.fastcpu (packed weights, a Python loop of score blocks) must not run elsewhere
     def refuse(*args):
-        raise AssertionError("_scores_in_blocks ran off the CPU")
+        raise AssertionError("fastcpu.step ran off the CPU")
 
-    att = attention_module.SoftAttention(8, 7, 5)
+    decoder = AttentionDecoder(20, 8, 6, 7, 5, dropout=0.0).eval()
     with torch.no_grad():
-        cpu = att.scores(att.project(torch.randn(2, 4, 8)), torch.randn(2, 3, 5))
-        monkeypatch.setattr(attention_module.SoftAttention, "_scores_in_blocks", refuse)
-        meta = att.to("meta")
-        scores = meta.scores(meta.project(torch.randn(2, 4, 8, device="meta")),
-                             torch.randn(2, 3, 5, device="meta"))
-    assert cpu.shape == scores.shape == (2, 3, 4)
+        assert decoder.init_state(torch.randn(3, 4, 8)).weights is not None  # the CPU takes it
+        monkeypatch.setattr(fastcpu, "step", refuse)
+        meta = decoder.to("meta")
+        state = meta.init_state(torch.randn(3, 4, 8, device="meta"))
+        log_probs, alpha, _ = meta.step(state, torch.zeros(3, dtype=torch.long, device="meta"))
+    assert state.weights is None and log_probs.shape == (3, 20) and alpha.shape == (3, 4)

@@ -197,7 +197,7 @@ def test_ensure_features_reuses_a_matching_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(enc, "ensure_dataset", lambda profile: dataset)
     profile = get_profile("quick", image_size=32, grid=2)
     out = ensure_features(profile, device="cpu")
-    assert out.name == "quick-efficientnet_lite0_s16-2"
+    assert out == enc.features_dir(profile) and out.name.endswith("-efficientnet_lite0_s16-2")
     train = FeatureDataset(out, dataset, "train")
     assert len(train) == 6 and train[5][0].shape == (4, 112) and train[5][2] == 3
 

@@ -91,6 +91,43 @@ def test_estimator_is_unbiased_for_the_exact_gradient():
     assert theta_.grad.abs().max() > 10 * stderr.max()  # the check has teeth
 
 
+def test_reinforce_weight_scales_only_the_score_function_term():
+    """λ_r (``reinforce_weight``) multiplies the REINFORCE term; the decoder's term stays."""
+    features, W, theta = toy_problem()
+    grads = {}
+    for weight in (0.0, 0.5, 1.0):
+        profile = get_profile("quick", hard_lam=0.0, entropy_weight=0.0, reinforce_weight=weight)
+        loss_fn = HardAttentionLoss(profile)
+        loss_fn.load_state_dict({"baseline": -3.0, "batches": 0})
+        rows, W_ = theta.repeat(16, 1).requires_grad_(), W.clone().requires_grad_()
+        output = toy_output(rows, features, W_, torch.Generator().manual_seed(0))
+        loss_fn(output, *toy_batch(16), profile)[0].backward()
+        grads[weight] = rows.grad, W_.grad
+    assert grads[0.0][0].abs().max() == 0  # θ (where to look) learns through REINFORCE only
+    assert grads[1.0][0].abs().max() > 0
+    assert torch.allclose(grads[0.5][0], 0.5 * grads[1.0][0])
+    assert all(torch.equal(g[1], grads[1.0][1]) for g in grads.values())
+
+
+def test_baseline_starts_at_the_first_sampled_minibatchs_mean():
+    """b starts at the first sampled minibatch's mean log p(y|s̃,a), not 0 (see notebook 07)."""
+    profile = get_profile("quick", hard_lam=0.0)
+    loss_fn = HardAttentionLoss(profile)
+    features, W, theta = toy_problem()
+    g = torch.Generator().manual_seed(6)
+    captions, lengths = toy_batch(8)
+    first, second = (toy_output(theta.repeat(8, 1), features, W, g) for _ in range(2))
+    expected = first._replace(log_probs_of_samples=None)  # an expected-context minibatch
+    loss_fn(expected, captions, lengths, profile)
+    assert loss_fn.baseline is None  # b only moves on sampled minibatches
+    mean = [float(o.scores.log_softmax(-1)[:, 0, Y].mean()) for o in (first, second)]
+    assert abs(mean[0]) > 1  # far from 0: the start matters
+    assert loss_fn(first, captions, lengths, profile)[1]["baseline"] == pytest.approx(mean[0])
+    assert loss_fn.baseline == pytest.approx(mean[0])
+    assert loss_fn(second, captions, lengths, profile)[1]["baseline"] == pytest.approx(mean[0])
+    assert loss_fn.baseline == pytest.approx(0.9 * mean[0] + 0.1 * mean[1])
+
+
 def test_baseline_lowers_the_variance():
     features, W, theta = toy_problem()
     g = torch.Generator().manual_seed(2)

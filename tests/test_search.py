@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from sat_helpers import decoder as decoder_module
+from sat_helpers import fastcpu
 from sat_helpers.data import Vocab
-from sat_helpers.decoder import AttentionDecoder
+from sat_helpers.decoder import AttentionDecoder, DecoderState
 from sat_helpers.search import beam_search, greedy_search, length_normalised
 
 P, ENC = 5, 6
@@ -46,8 +46,9 @@ def teacher_forced(dec, vocab, feats, sequences):
 def exhaustive_best(dec, vocab, feats, max_len, alpha):
     """Best sequence by the search's rule: finished ones first, ranked by normalised score."""
     words = range(4, len(vocab))
-    sequences = [(list(seq), n < max_len) for n in range(max_len + 1)
-                 for seq in itertools.product(words, repeat=n)]
+    sequences = [(list(seq), ended) for n in range(max_len + 1)  # max_len words, <end> extra
+                 for seq in itertools.product(words, repeat=n)
+                 for ended in ((True, False) if n == max_len else (True,))]
     scores, _ = teacher_forced(dec, vocab, feats, sequences)
     keys = [(ended, length_normalised(score, len(tokens) + ended, alpha))
             for (tokens, ended), score in zip(sequences, scores, strict=True)]
@@ -103,7 +104,8 @@ def test_batched_equals_one_at_a_time(beam_size, device):
 
 # CPU only: the packed (oneDNN) weights are a CPU speed path.
 @pytest.mark.parametrize("search", ["greedy", "beam"])
-def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeypatch):
+def test_float32_search_on_the_cpu_path_equals_the_plain_step(search, monkeypatch):
+    """sat_helpers.fastcpu (packed weights, blocked scores) gives the plain step's captions."""
     torch.manual_seed(1)  # picked so that images end after 1, 2, 3, 4 or 6 words, or never
     vocab = Vocab([f"w{i}" for i in range(20)])
     dec = AttentionDecoder(len(vocab), 16, embed_dim=8, dec_dim=16, att_dim=8)
@@ -119,8 +121,12 @@ def test_float32_search_with_packed_weights_equals_plain_kernels(search, monkeyp
         return [c for hyps in beam_search(dec, images, 3, 10, vocab=vocab, return_all=True)
                 for c in hyps]
 
+    with torch.no_grad():
+        assert dec.init_state(feats).weights is not None  # the CPU path is taken
     packed = run(feats)
-    monkeypatch.setattr(decoder_module, "PACK_WEIGHTS", False)
+    monkeypatch.setattr(fastcpu, "ENABLED", False)
+    with torch.no_grad():
+        assert dec.init_state(feats).weights is None  # the plain step, as on CUDA
     plain = run(feats)
     assert torch.equal(feats, before)  # dropping finished images never writes the caller's tensor
     assert len({len(c.tokens) for c in plain if c.ended}) >= 3  # they end at different steps
@@ -154,6 +160,58 @@ def test_never_ending_decoder_returns_max_len_caption(device):
     ):
         assert len(caption.tokens) == 5 and not caption.ended
         assert caption.alphas.shape == (5, P)
+
+
+class CountingDecoder(torch.nn.Module):
+    """Says "red" for ``n`` words, then <end>: log p depends only on the words so far."""
+
+    def __init__(self, vocab, n):
+        super().__init__()
+        self.vocab, self.n = vocab, n
+
+    def init_state(self, features):
+        zero = features.new_zeros(features.shape[0], 1)  # h counts the words so far
+        return DecoderState(zero, zero, features, features)
+
+    def step(self, state, prev_tokens):
+        count = state.h[..., 0]
+        logits = torch.full((*count.shape, len(self.vocab)), -9.0, dtype=count.dtype)
+        logits[..., self.vocab.stoi["red"]] = torch.where(count < self.n, 0.0, -3.0)
+        logits[..., self.vocab.end_id] = torch.where(count < self.n, -3.0, 0.0)
+        alpha = torch.full((*count.shape, state.features.shape[1]), 1 / state.features.shape[1])
+        return logits.log_softmax(-1), alpha, state._replace(h=state.h + 1)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_a_caption_of_max_len_words_can_end(search):
+    """max_len counts words, like Profile.max_len: the <end> after the last one still comes."""
+    vocab = Vocab(["red", "blue"])
+    feats = features(2, "cpu")  # CountingDecoder is a CPU toy: the rule is the search's
+    run = (lambda dec: greedy_search(dec, feats, 4, vocab=vocab)) if search == "greedy" else (
+        lambda dec: beam_search(dec, feats, 3, 4, vocab=vocab))
+    for caption in run(CountingDecoder(vocab, 4)):
+        assert caption.words == ["red"] * 4 and caption.ended
+        assert caption.alphas.shape == (5, P)
+    step = CountingDecoder(vocab, 5).step(CountingDecoder(vocab, 5).init_state(feats[:1]),
+                                          torch.tensor([vocab.start_id]))[0][0]
+    longer = CountingDecoder(vocab, 5)  # would end after 5 words: cut at 4
+    captions = greedy_search(longer, feats, 4, vocab=vocab) if search == "greedy" else \
+        beam_search(longer, feats, 1, 4, vocab=vocab)  # wider beams keep a finished short one
+    for caption in captions:
+        assert caption.words == ["red"] * 4 and not caption.ended
+        assert caption.score == pytest.approx(4 * float(step[vocab.stoi["red"]]))
+
+
+def test_unk_only_with_allow_unk(device):
+    dec, vocab = make(device)
+    with torch.no_grad():
+        dec.L_o.bias[vocab.unk_id] += 20.0  # <unk> the most likely word everywhere
+    feats = features(2, device)
+    for allow in (False, True):
+        greedy = greedy_search(dec, feats, 4, vocab=vocab, allow_unk=allow)
+        beams = beam_search(dec, feats, 3, 4, vocab=vocab, allow_unk=allow, return_all=True)
+        assert all((c.tokens[:1] == [vocab.unk_id]) == allow for c in greedy), allow
+        assert all(any(vocab.unk_id in c.tokens for c in hyps) == allow for hyps in beams), allow
 
 
 def test_beam_larger_than_vocabulary(device):

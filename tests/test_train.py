@@ -228,9 +228,10 @@ def test_ensure_trained_reuses_a_finished_run(tiny, monkeypatch):
     assert len(calls) == 1 and best.stat().st_mtime_ns == stamp
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in decoder.state_dict().items())
     assert len(vocab) == decoder.config["vocab_size"]
-    tr.ensure_trained(replace(profile, lr=5e-4))  # another configuration: train again
-    assert len(calls) == 2
-    assert list(tr.run_dir(profile, "soft").parent.glob("quick-soft.replaced-*"))
+    tr.ensure_trained(replace(profile, lr=5e-4))  # another configuration: train again, beside it
+    assert len(calls) == 2 and best.stat().st_mtime_ns == stamp
+    assert tr.run_dir(replace(profile, lr=5e-4), "soft") != tr.run_dir(profile, "soft")
+    assert not list(tr.run_dir(profile, "soft").parent.glob("*.replaced-*"))
 
 
 def test_fine_tuning_trains_from_images(tiny, tmp_path):

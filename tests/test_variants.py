@@ -1,0 +1,86 @@
+"""Variants live beside the course: a changed field builds its own folders, never the course's."""
+
+import hashlib
+from dataclasses import replace
+
+import pytest
+
+from sat_helpers import config
+from sat_helpers import train as tr
+from sat_helpers.config import Profile, get_profile, results_path, variant_name
+from sat_helpers.data import prepared_dir, shapes_dir
+from sat_helpers.encoder import features_dir
+
+# a course profile of its own at the quick scale, 64 px (a 4 x 4 grid): an epoch in a second
+COURSE = replace(config.PROFILES["quick"], name="tiny", image_size=64, grid=4, epochs=1,
+                 train_minutes=60.0, batch_size=12)
+
+
+@pytest.fixture
+def course(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAT_DATA", str(tmp_path))
+    monkeypatch.setitem(config.PROFILES, "tiny", COURSE)
+    return get_profile("tiny")
+
+
+def snapshot(*folders):
+    """Every file under the folders: (modification time, sha256 of its bytes)."""
+    return {str(path): (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_variant_name_hashes_only_the_changed_fields(course):
+    assert variant_name(course, ["lam", "min_word_freq"]) == "tiny"
+    lam = get_profile("tiny", lam=0.5)
+    name = variant_name(lam, ["lam", "min_word_freq"])
+    assert name.startswith("tiny-") and len(name) == len("tiny-") + 6
+    assert variant_name(lam, ["min_word_freq"]) == "tiny"  # lam is not among the fields
+    two = variant_name(get_profile("tiny", lam=2), ["lam"])
+    assert two == variant_name(get_profile("tiny", lam=2.0), ["lam"])  # 2 and 2.0: one variant
+    assert variant_name(get_profile("tiny", lam=2.0), ["lam"]) != variant_name(lam, ["lam"])
+    assert variant_name(Profile(name="mine"), ["lam"]) == "mine"  # unknown name: the defaults
+    assert results_path(course).name == "tiny.json" and results_path(lam) != results_path(course)
+
+
+def test_each_artefact_is_keyed_by_the_fields_it_depends_on(course):
+    seed = get_profile("tiny", seed=3)  # the training seed shares the data and the features
+    assert prepared_dir(seed) == prepared_dir(course) and features_dir(seed) == features_dir(course)
+    assert tr.run_dir(seed) != tr.run_dir(course)
+    data_seed = get_profile("tiny", data_seed=3)
+    assert prepared_dir(data_seed) != prepared_dir(course)
+    assert features_dir(data_seed) != features_dir(course)
+    for field, value in (("semi_sampling_p", 0.0), ("entropy_weight", 0.1), ("hard_lam", 1.0),
+                         ("baseline_decay", 0.5), ("reinforce_weight", 0.5)):
+        hard_only = get_profile("tiny", **{field: value})
+        assert tr.run_dir(hard_only, "soft") == tr.run_dir(course, "soft"), field
+        assert tr.training_config(hard_only, "soft") == tr.training_config(course, "soft"), field
+        assert tr.run_dir(hard_only, "hard") != tr.run_dir(course, "hard"), field
+    lam = get_profile("tiny", lam=0.5)
+    assert tr.run_dir(lam, "hard") == tr.run_dir(course, "hard")
+    assert tr.run_dir(lam, "soft") != tr.run_dir(course, "soft")
+    beam = get_profile("tiny", beam_size=5)  # decoding only: shares the trained model
+    assert tr.run_dir(beam, "soft") == tr.run_dir(course, "soft")
+
+
+def test_variants_train_beside_the_course_and_leave_it_untouched(course):
+    tr.ensure_trained(course)
+    root = config.data_root()
+    ours = (prepared_dir(course), features_dir(course), tr.run_dir(course), shapes_dir(course))
+    assert [p.name for p in ours[:3]] == ["tiny", f"tiny-{features_dir(course).name[5:]}",
+                                          "tiny-soft"]
+    before = snapshot(*ours)
+    assert any(p.endswith("best.pt") for p in before) and any(p.endswith(".npy") for p in before)
+    for fields in ({"min_word_freq": 2}, {"lam": 0.5}, {"semi_sampling_p": 0.0}):
+        variant = get_profile("tiny", **fields)
+        tr.ensure_trained(variant)
+        assert snapshot(*ours) == before, fields  # not rebuilt, not retrained, not moved
+        assert not list(root.rglob("*.replaced-*")), fields
+    word = get_profile("tiny", min_word_freq=2)
+    assert prepared_dir(word) != prepared_dir(course)
+    assert (tr.run_dir(word) / "best.pt").exists() and tr.run_dir(word) != tr.run_dir(course)
+    lam = get_profile("tiny", lam=0.5)  # another λ: the course's data and features, its own run
+    assert prepared_dir(lam) == prepared_dir(course) and (tr.run_dir(lam) / "best.pt").exists()
+    hard_only = get_profile("tiny", semi_sampling_p=0.0)  # reuses the course's soft model
+    assert tr.finished_run(hard_only) == tr.run_dir(course) / "best.pt"
+    assert sorted(p.name for p in (root / "runs").iterdir()) == sorted(
+        {tr.run_dir(course).name, tr.run_dir(word).name, tr.run_dir(lam).name})
