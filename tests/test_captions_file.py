@@ -74,7 +74,8 @@ def test_the_custom_profile_prepares_it_through_the_cli(photos, tmp_path, monkey
     monkeypatch.setattr("sat_helpers.config.get_profile", lambda name=None: profile)
     assert main(["data", "--captions", str(tmp_path / "captions.csv"),
                  "--images", str(photos)]) == 0
-    prepared = tmp_path / "root" / "prepared" / "custom"
+    prepared = data.prepared_dir(profile)  # image_size=32 is a variant: custom-<hash>
+    assert prepared.parent == tmp_path / "root" / "prepared"
     assert capsys.readouterr().out.strip().endswith(str(prepared))
     report = data.PrepareReport.load(prepared)
     assert report.images == {"train": 4, "val": 1, "test": 1} and not report.bad_images
