@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from bench_search import markdown
 
 from sat_helpers import train as tr
 from sat_helpers.config import data_root, get_profile
@@ -76,14 +77,6 @@ def run(profile, name: str, loss_class, train: bool = True) -> dict:
             "train minutes (this run)": minutes}
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table (floats with 3 decimals)."""
-    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-             for row in table.itertuples(index=False)]
-    lines = [list(table.columns), ["---"] * len(table.columns), *cells]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="shapes")
@@ -101,7 +94,7 @@ def main() -> None:
     text = (f"# Hard attention: where the baseline starts (`python benchmarks/baseline_start.py`)"
             f"\n\nProfile {profile.name}, {profile.epochs} epochs, seed {profile.seed}, test "
             f"split, greedy captions, torch {torch.__version__}.\n\n"
-            f"{markdown(table)}\n")
+            f"{markdown(table, digits=3)}\n")
     print(text)
     if args.only is None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

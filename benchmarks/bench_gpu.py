@@ -136,14 +136,6 @@ def search_both(dtype: torch.dtype | None, device: torch.device, images: int,
     return out
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table."""
-    lines = [list(map(str, table.columns)), ["---"] * len(table.columns)]
-    lines += [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-              for row in table.itertuples(index=False)]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
@@ -198,7 +190,7 @@ def main() -> None:
             f"torch.cuda.max_memory_allocated over the timed runs (weights included). In "
             f"float32 the seed formulation and ours give the same loss (rel. 1e-4) and the "
             f"same captions; under mixed precision the column counts equal captions.\n\n"
-            f"{markdown(pd.DataFrame(rows))}\n")
+            f"{bench_search.markdown(pd.DataFrame(rows), digits=3)}\n")
     print(text)
     if not args.smoke:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -102,9 +102,9 @@ def seed_beam_search(dec: AttentionDecoder, feats: torch.Tensor, k: int, max_len
     return best_seq if best_seq is not None else seqs[int(scores.argmax())]
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table (floats with 2 decimals)."""
-    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row]
+def markdown(table: pd.DataFrame, digits: int = 2) -> str:
+    """A DataFrame as a GitHub markdown table (floats with ``digits`` decimals)."""
+    cells = [[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
              for row in table.itertuples(index=False)]
     lines = [list(table.columns), ["---"] * len(table.columns), *cells]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
