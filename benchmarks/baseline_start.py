@@ -52,7 +52,7 @@ class ZeroStart(HardAttentionLoss):
         self.baseline = 0.0
 
 
-STARTS = {"0 (authors' code)": ZeroStart, "first batch's mean (seed)": FirstBatchStart}
+STARTS = {"0 (authors' code)": ZeroStart, "first batch's mean (the package)": FirstBatchStart}
 
 
 def score(profile, out: Path, log: pd.DataFrame) -> dict:
@@ -105,7 +105,8 @@ def main() -> None:
                           if args.only in (None, cls.__name__) for p in profiles])
     profile = profiles[0]
     text = (f"# Hard attention: where the baseline starts (`python benchmarks/baseline_start.py`)"
-            f"\n\nProfile {profile.name} (λ_r = {profile.reinforce_weight:g}), {profile.epochs} "
+            f"\n\nProfile {profile.name} (λ_r = {profile.reinforce_weight:g}, λ_e = "
+            f"{profile.entropy_weight:g}), {profile.epochs} "
             f"epochs per run, test split, greedy captions, torch {torch.__version__}.\n\n"
             f"{markdown(table, digits=3)}\n\n{markdown(summary(table, 'baseline start'), 3)}\n")
     print(text)
