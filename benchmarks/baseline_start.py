@@ -8,7 +8,9 @@ seed is not enough: a Shapes hard run's outcome swings with the seed, see hard_s
 each in a folder of its own under data_root()/experiments/ (never the course's run), and
 scores both on the test split as notebook 07 does: greedy BLEU-4, the pointing game (noun
 phrase) and the mean entropy of α over the emitted words. Writes
-benchmarks/results/baseline_start.md.
+benchmarks/results/baseline_start.md. ("Seed code" is the implementation the course grew from;
+the seed column is the random seed.) The package starts at 0 since the Shapes profile's
+run of this (λ_r = 0.01, 24 epochs, seeds 0-3) scored better with it on every seed.
 
     python benchmarks/baseline_start.py [--profile shapes] [--epochs 8] [--seeds 0 1 2 3]
 """
@@ -45,14 +47,15 @@ class FirstBatchStart(HardAttentionLoss):
 
 
 class ZeroStart(HardAttentionLoss):
-    """b starts at 0 (arctic-captions)."""
+    """b starts at 0 (arctic-captions, and the package since this measurement)."""
 
     def __init__(self, profile):
         super().__init__(profile)
         self.baseline = 0.0
 
 
-STARTS = {"0 (authors' code)": ZeroStart, "first batch's mean (the package)": FirstBatchStart}
+STARTS = {"0 (authors' code, the package)": ZeroStart, "first batch's mean (seed code)":
+          FirstBatchStart}
 
 
 def score(profile, out: Path, log: pd.DataFrame) -> dict:

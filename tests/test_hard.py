@@ -109,8 +109,8 @@ def test_reinforce_weight_scales_only_the_score_function_term():
     assert all(torch.equal(g[1], grads[1.0][1]) for g in grads.values())
 
 
-def test_baseline_starts_at_the_first_sampled_minibatchs_mean():
-    """b starts at the first sampled minibatch's mean log p(y|s̃,a), not 0 (see notebook 07)."""
+def test_baseline_starts_at_zero_and_moves_on_sampled_minibatches_only():
+    """b starts at 0, as in the authors' code (measured against the first batch's mean)."""
     profile = get_profile("quick", hard_lam=0.0)
     loss_fn = HardAttentionLoss(profile)
     features, W, theta = toy_problem()
@@ -119,13 +119,17 @@ def test_baseline_starts_at_the_first_sampled_minibatchs_mean():
     first, second = (toy_output(theta.repeat(8, 1), features, W, g) for _ in range(2))
     expected = first._replace(log_probs_of_samples=None)  # an expected-context minibatch
     loss_fn(expected, captions, lengths, profile)
-    assert loss_fn.baseline is None  # b only moves on sampled minibatches
+    assert loss_fn.baseline == 0.0  # b only moves on sampled minibatches
     mean = [float(o.scores.log_softmax(-1)[:, 0, Y].mean()) for o in (first, second)]
     assert abs(mean[0]) > 1  # far from 0: the start matters
-    assert loss_fn(first, captions, lengths, profile)[1]["baseline"] == pytest.approx(mean[0])
-    assert loss_fn.baseline == pytest.approx(mean[0])
-    assert loss_fn(second, captions, lengths, profile)[1]["baseline"] == pytest.approx(mean[0])
-    assert loss_fn.baseline == pytest.approx(0.9 * mean[0] + 0.1 * mean[1])
+    assert loss_fn(first, captions, lengths, profile)[1]["baseline"] == 0.0
+    b1 = 0.1 * mean[0]  # 0.9 · 0 + 0.1 · the first minibatch's mean
+    assert loss_fn.baseline == pytest.approx(b1)
+    assert loss_fn(second, captions, lengths, profile)[1]["baseline"] == pytest.approx(b1)
+    assert loss_fn.baseline == pytest.approx(0.9 * b1 + 0.1 * mean[1])
+    old = HardAttentionLoss(profile)
+    old.load_state_dict({"baseline": None, "batches": 3})  # a v0.2.0 checkpoint, no sample yet
+    assert old.state_dict() == {"baseline": 0.0, "batches": 3}
 
 
 def test_baseline_lowers_the_variance():
@@ -175,7 +179,7 @@ def test_reported_loss_and_the_mixture():
     ce = torch.nn.functional.cross_entropy(out.scores[:, 0], captions[:, 1])
     entropy = attention_entropy(theta.softmax(-1))
     assert torch.allclose(loss, ce - 0.1 * entropy)  # the REINFORCE term adds no value
-    assert parts["baseline"] == loss_fn.baseline == pytest.approx(float(-ce))  # first batch
+    assert parts["baseline"] == 0.0 and loss_fn.baseline == pytest.approx(-0.1 * float(ce))
     expected_out = out._replace(log_probs_of_samples=None)  # an expected-context minibatch
     before = loss_fn.state_dict()
     loss_fn(expected_out, captions, lengths, profile)
@@ -185,7 +189,7 @@ def test_reported_loss_and_the_mixture():
     draws = [loss_fn.before_batch(model) for _ in range(400)]
     assert model.attention.expected == draws[-1] and 0.4 < sum(draws) / 400 < 0.6
     again = HardAttentionLoss(profile)
-    again.load_state_dict({"baseline": None, "batches": 1})
+    again.load_state_dict({"baseline": 0.0, "batches": 1})
     assert [again.before_batch(model) for _ in range(399)] == draws[1:]  # resumable draws
     none = HardAttentionLoss(replace(profile, semi_sampling_p=0.0))
     assert not any(none.before_batch(model) for _ in range(50))
@@ -256,7 +260,7 @@ def test_hard_checkpoints_resume_and_decode(tiny, tmp_path):
     tr.train(tiny, "hard", out_dir=tmp_path / "killed", device="cpu")
     whole, resumed = (torch.load(tmp_path / d / "last.pt", weights_only=True)
                       for d in ("whole", "killed"))
-    assert whole["loss_state"]["baseline"] is not None
+    assert whole["loss_state"]["baseline"] < 0  # it moved towards the log-likelihood
     assert whole["loss_state"] == resumed["loss_state"] and whole["epoch"] == 3
     for k, v in whole["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
