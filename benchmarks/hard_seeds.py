@@ -1,11 +1,12 @@
 """Hard attention over several seeds: how λ_r (``reinforce_weight``) decides whether α learns.
 
-One Shapes hard-attention run is a coin toss at λ_r = 1: with the same data and code, some
-seeds learn to look at the named object and others leave α almost uniform and caption from
-h_0 (the mean annotation) alone. This trains the profile's hard model for each seed and each
-λ_r (everything else equal), each run in its own folder under data_root()/experiments/
-(never the course's run; a finished folder is scored, not retrained), and scores it on the
-test split as notebook 07 does. Writes benchmarks/results/hard_seeds-e<epochs>-ew<λ_e>.md.
+One Shapes hard-attention run says little at λ_r = 1: with the same data and code, its
+outcome swings with the seed (with the seed code's baseline start, some seeds learned to look
+at the named object and others left α almost uniform). This trains the profile's hard
+model for each seed and each λ_r (everything else equal), each run in its own folder under
+data_root()/experiments/ (never the course's run; a finished folder is scored, not
+retrained), and scores it on the test split as notebook 07 does.
+Writes benchmarks/results/hard_seeds-e<epochs>-ew<λ_e>.md.
 
     python benchmarks/hard_seeds.py [--weights 1 0.01] [--seeds 0 1 2 3] [--epochs 8]
                                     [--entropy-weight 0]

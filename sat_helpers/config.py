@@ -108,10 +108,11 @@ PROFILES: dict[str, Profile] = {
     ),
     # λ = 0 on Shapes: with λ = 1 its attention spread out and pointed at the named object
     # less often (noun phrase 0.74 vs 0.81 on the test split, beam 3; BLEU-4 the same).
-    # Hard attention: λ_r = 0.01 and λ_e = 0. At λ_r = 1 some seeds' α never leaves uniform
-    # (the REINFORCE term's reward is a whole caption's log-likelihood, so its noise swamps
-    # the decoder's gradient); at 0.01 every seed learned to look, in 24 epochs. Both
-    # measured over seeds: benchmarks/hard_seeds.py, benchmarks/results/hard_seeds-*.md.
+    # Hard attention: λ_r = 0.01 and λ_e = 0. At λ_r = 1 every seed captioned worse (the
+    # REINFORCE term's reward is a whole caption's log-likelihood, and its noise is all the
+    # attention hears in a sampled minibatch), and with the seed code's baseline start most
+    # seeds' α never left uniform. Measured over seeds, 24 epochs: benchmarks/hard_seeds.py,
+    # benchmarks/results/hard_seeds-*.md.
     "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0),
     # 224 px: the dilated ResNet-101's map is a true 14 x 14 (stride 16), never pooled up
     "flickr8k": Profile(

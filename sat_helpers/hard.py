@@ -14,11 +14,12 @@ whose gradient (eq. 11) is estimated by Monte Carlo with sampled locations s̃ ~
 (λ_r is ``profile.reinforce_weight``, λ_e ``profile.entropy_weight``: the paper leaves
 both to tuning and reports no values. The defaults, 1 and 0.01, are eq. 12 as written. The
 reward here is a whole caption's log-likelihood, so at λ_r = 1 the REINFORCE term's noise can
-dominate what the attention learns: on Shapes some seeds' α then never leaves uniform. That
-profile uses λ_r = 0.01 and λ_e = 0, measured over seeds by ``benchmarks/hard_seeds.py``;
-its α learns mostly from the minibatches that use the expected context (device 3 below),
-with REINFORCE as a small correction. The authors' code weighs the term down too: its
-reward is the per-word mean log-likelihood, divided by 10.)
+dominate what the attention learns: on Shapes every seed then captioned worse, and with the
+seed code's baseline start most seeds' α never left uniform. That profile uses λ_r = 0.01
+and λ_e = 0, measured over seeds by ``benchmarks/hard_seeds.py``; its α learns mostly from
+the minibatches that use the expected context (device 3 below), with REINFORCE as a small
+correction. The authors' code weighs the term down too: its reward is the per-word mean
+log-likelihood, divided by 10.)
 
 1. b, a moving average of the log-likelihood, b ← decay·b + (1 − decay)·log p(y | s̃, a)
    (decay ``profile.baseline_decay`` = 0.9): subtracting it leaves the mean unchanged and
