@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import fastcpu
-from ..attention import (HardAttention, SoftAttention, doubly_stochastic_penalty,
-                         expected_context)
+from ..attention import HardAttention, SoftAttention, doubly_stochastic_penalty, expected_context
 from .machinery import Answer, exercise, fail, matches, same_tensor
 
 # what a learner must not call to compute soft attention: the module and what it is built from
@@ -153,7 +152,8 @@ def penalty(answer: Answer) -> int:
         inputs = f"alphas {shape}, lengths {lengths_list}, lam={lam}"
         got = answer(alphas.clone(), lengths.clone(), lam, inputs=inputs)
         want = doubly_stochastic_penalty(alphas, lengths, lam)
-        concept = "λ · mean over positions of (1 − Σ_t α_ti)², Σ over real steps, mean over the batch."
+        concept = ("λ · mean over positions of (1 − Σ_t α_ti)², Σ over real steps, mean over the "
+                   "batch.")
         if isinstance(got, Tensor) and got.dim() > 0:
             concept = "return one number (a 0-d tensor): the mean over the batch and the positions."
         elif isinstance(got, Tensor) and not torch.isclose(got, want):
@@ -162,7 +162,8 @@ def penalty(answer: Answer) -> int:
             summed = lam * ((1 - (alphas * steps[..., None]).sum(1)) ** 2).sum(-1).mean()
             if torch.isclose(got, every_step):
                 concept = (f"padding steps count: with lengths {lengths_list}, only the first "
-                           "lengths[b] steps of row b are real; leave out the steps t >= lengths[b].")
+                           "lengths[b] steps of row b are real; leave out the steps "
+                           "t >= lengths[b].")
             elif torch.isclose(got, summed):
                 concept = ("you summed over the L positions; the course takes their mean, so one "
                            "λ means the same on any grid (notebook 03, section 8).")

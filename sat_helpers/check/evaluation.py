@@ -102,7 +102,8 @@ def _brevity_mistakes(references, hypotheses) -> dict[str, float]:
     return {
         "on a tie the shorter of the two closest references counts; you took the longer":
             _bp(closest_long, c),
-        "r is the reference length *closest* to each hypothesis, not the shortest": _bp(shortest, c),
+        "r is the reference length *closest* to each hypothesis, not the shortest":
+            _bp(shortest, c),
         "r is the reference length closest to each hypothesis, not the mean": _bp(mean, c),
         "r and c are swapped: BP = e^(1 − r/c) for a corpus shorter than its references (c ≤ r)":
             _bp(c, r),

@@ -176,7 +176,8 @@ class Answer:
             raise ExerciseError(
                 f"{self.exercise}: your function called {called[0]}, the package's own version "
                 "of what this exercise asks for (or a piece of it). Write it from the "
-                "equations, with the operations the task names.") from None
+                "equations, with the operations the task names.\nHint: that function is blocked "
+                "while the check runs yours; the task lists what you may use.") from None
         return result
 
 

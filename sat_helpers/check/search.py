@@ -103,8 +103,8 @@ def greedy_search(answer: Answer) -> int:
             recorded = decoder.calls
         else:
             recorded, plain_step = [], decoder.step
-            decoder.step = lambda state, prev, f=plain_step: recorded.append(len(prev)) or f(
-                state, prev)
+            decoder.step = lambda state, prev, f=plain_step, log=recorded: log.append(
+                len(prev)) or f(state, prev)
         try:
             got = _as_lists(answer(decoder, features.clone(), max_len, _VOCAB, inputs=inputs))
         finally:
@@ -226,16 +226,17 @@ def _best_caption(scores: list[float], lengths: list[int], length_penalty: float
                           for s, n in zip(scores, lengths, strict=True)]))
 
 
-_RANKINGS = {
-    "|y| counts every emitted token, <end> included: you used length − 1":
-        lambda s, n, g: s / ((4 + n) / 6) ** g,
-    "you multiplied by the penalty ((5 + |y|) / 6)^γ; the score is divided by it":
-        lambda s, n, g: s * ((5 + n) / 6) ** g,
-    "you ranked by the plain summed log-probability; with γ > 0 divide it by "
-    "((5 + |y|) / 6)^γ first": lambda s, n, g: s,
-    "you picked the worst: log-probabilities are ≤ 0, the highest is best":
-        lambda s, n, g: -s / ((5 + n) / 6) ** g,
-}
+_WORST = "you picked the worst: log-probabilities are ≤ 0, the highest is best"
+_RANKINGS = [
+    ("|y| counts every emitted token, <end> included: you used length − 1",
+     lambda s, n, g: s / ((4 + n) / 6) ** g),
+    ("you multiplied by the penalty ((5 + |y|) / 6)^γ; the score is divided by it",
+     lambda s, n, g: s * ((5 + n) / 6) ** g),
+    ("you ranked by the plain summed log-probability; with γ > 0 divide it by "
+     "((5 + |y|) / 6)^γ first", lambda s, n, g: s),
+    (_WORST, lambda s, n, g: -s / ((5 + n) / 6) ** g),
+    (_WORST, lambda s, n, g: -s),
+]
 
 
 @exercise("best_caption", blocked=(search.length_normalised, search._best_possible,
@@ -262,7 +263,7 @@ def best_caption(answer: Answer) -> int:
              if got != _best_caption(*case)]
     if wrong:
         scores, lengths, gamma = cases[wrong[0]]
-        mistake = next((m for m, rank in _RANKINGS.items() if all(
+        mistake = next((m for m, rank in _RANKINGS if all(
             got == int(np.argmax([rank(s, n, g) for s, n in zip(sc, ln, strict=True)]))
             for got, (sc, ln, g) in zip(answers, cases, strict=True))),
             "rank by the length-normalised score, the highest first")
