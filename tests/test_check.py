@@ -411,7 +411,8 @@ def test_clipped_precision(capsys):
 
 def brevity(references, hypotheses, tie_short=True, clamp=True, corpus=True):
     if not corpus:
-        return float(np.mean([brevity([r], [h]) for r, h in zip(references, hypotheses, strict=True)]))
+        pairs = zip(references, hypotheses, strict=True)
+        return float(np.mean([brevity([r], [h]) for r, h in pairs]))
     c = sum(len(h) for h in hypotheses)
     r = sum(min((abs(len(x) - len(h)), len(x) * (1 if tie_short else -1)) for x in refs)[1]
             * (1 if tie_short else -1) for refs, h in zip(references, hypotheses, strict=True))
