@@ -24,10 +24,12 @@ HOW_CHECKS_WORK = """
 **Student edition.** This notebook has {n} exercises (look for **Exercise**). In each, write
 your code where it says `# YOUR CODE HERE`, delete the `raise NotImplementedError()` line, run
 the cell, then run the check cell under it. `check.<name>(your_function)` calls your function
-on several small inputs and compares the results with the course package's own version: it
-prints ✓ when they agree, or stops with an `ExerciseError` that says what is wrong (a shape,
-which entries, a gradient) and gives a hint. An exercise you skip costs nothing: the cells
-after it use the package's version, so the rest of the notebook runs either way."""
+on several small inputs and compares the results with the course package's own version, which
+it blocks while yours runs (calling it is reported, not accepted): it prints ✓ when they
+agree, or stops with an `ExerciseError` that names the mistake and the idea to revisit;
+`check.hint("<name>")` then shows a code-level hint. An exercise you skip stops nothing: its
+check says it is not written yet, and the cells after it use the package's version, so "Run
+all" reaches the end. Graded with nbgrader, an exercise not written or wrong scores 0."""
 
 
 def _source(cell: dict) -> str:
