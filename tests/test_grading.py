@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from sat_helpers.editions import student_text
 
 ROOT = Path(__file__).resolve().parent.parent
