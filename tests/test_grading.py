@@ -52,7 +52,9 @@ def test_autograde_scores_unsolved_wrong_cheating_and_right(tmp_path, monkeypatc
         (folder / NOTEBOOK).write_text(text, encoding="utf-8")
     env = {**os.environ, "SAT_PROFILE": "quick", "SAT_DATA": os.environ.get(
         "SAT_DATA", str(ROOT / "data")), "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        # nbgrader runs `alembic` (its database migrations) from PATH: the venv's own
+        "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"]))}
     for command in (["generate_assignment", "ps"], ["autograde", "ps"]):
         run = subprocess.run([sys.executable, "-m", "nbgrader", *command, "--force"], cwd=course,
                              env=env, capture_output=True, text=True, timeout=1800)
