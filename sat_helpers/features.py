@@ -187,15 +187,15 @@ class FeatureDataset(SplitDataset):
     ``CaptionDataset`` with the features in place of the image (``data.SplitDataset``)."""
 
     def __init__(self, features_dir: str | Path, dataset_dir: str | Path, split: str):
-        super().__init__(dataset_dir, split, Path(features_dir) / f"{split}.npy")
-        self.features_dir, self.path = Path(features_dir), self.array_path
+        self.features_dir, self.path = Path(features_dir), Path(features_dir) / f"{split}.npy"
         recorded = _read_manifest(self.features_dir).get("key", {}).get("dataset_hash")
-        if not self.path.is_file() or recorded != dataset_hash(self.dataset_dir):
+        if not self.path.is_file() or recorded != dataset_hash(dataset_dir):
             raise FileNotFoundError(
-                f"{self.path}: no features of this build of {self.dataset_dir} (missing, or "
+                f"{self.path}: no features of this build of {dataset_dir} (missing, or "
                 "computed from another build). Run ensure_features(profile) or cache_features "
                 "(a profile with feature_cache=False, like coco, caches only val and test: "
                 "ensure_features(profile, splits=('train',)) computes the rest).")
+        super().__init__(dataset_dir, split, self.path)
         if len(self.features) != len(self.meta):
             raise ValueError(f"{self.path} has {len(self.features)} rows but the split has "
                              f"{len(self.meta)} images; re-run ensure_features(profile).")

@@ -13,6 +13,7 @@ from torch import nn
 
 from sat_helpers import encoder as enc
 from sat_helpers import features as feat
+from sat_helpers.images import load_image
 from sat_helpers.config import get_profile
 from sat_helpers.data import Vocab
 from sat_helpers.encoder import (
@@ -103,7 +104,7 @@ def test_transform_matches_preprocess_and_pickles():
     encoder = Encoder("efficientnet_lite0_s16", pretrained=False, image_size=64)
     transform = pickle.loads(pickle.dumps(encoder.transform))  # DataLoader workers need this
     image = Image.open(sample_images()["coffee"])
-    pixels = torch.from_numpy(np.array(image.convert("RGB").resize((64, 64), Image.BICUBIC)))
+    pixels = torch.from_numpy(load_image(sample_images()["coffee"], 64)[0])  # as datasets hold it
     expected = pixels.permute(2, 0, 1).float() / 127.5 - 1  # Lite0: mean = std = 0.5
     assert torch.allclose(transform(image), expected, atol=1e-5)
     assert torch.allclose(encoder.preprocess(pixels.permute(2, 0, 1)[None])[0], expected,
