@@ -184,3 +184,9 @@ def attention_entropy(alphas: Tensor, log_alphas: Tensor | None = None) -> Tenso
         alphas = torch.as_tensor(alphas).float()
         log_alphas = alphas.clamp_min(1e-12).log()
     return -(alphas * log_alphas.masked_fill(alphas == 0, 0.0)).sum(-1)
+
+
+_METHODS = ("forward", "attend", "scores", "weights", "project")
+PLAIN = {cls: {name: getattr(cls, name) for name in _METHODS} for cls in (SoftAttention,
+                                                                          HardAttention)}
+"""The methods as shipped: :mod:`sat_helpers.fastcpu` runs only while these are the class's."""

@@ -13,7 +13,6 @@ from torch import nn
 
 from sat_helpers import encoder as enc
 from sat_helpers import features as feat
-from sat_helpers.images import load_image
 from sat_helpers.config import get_profile
 from sat_helpers.data import Vocab
 from sat_helpers.encoder import (
@@ -28,6 +27,7 @@ from sat_helpers.encoder import (
     load_by_position,
     sample_images,
 )
+from sat_helpers.images import load_image
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

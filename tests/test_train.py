@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sat_helpers import train as tr
-from sat_helpers.runtime import seed_everything
 from sat_helpers.config import get_profile
 from sat_helpers.decoder import DecoderOutput
 from sat_helpers.encoder import ensure_features
+from sat_helpers.runtime import seed_everything
 
 # quick Shapes at 64 px: a 4 x 4 grid of stride-16 features, an epoch in well under a second
 TINY = dict(image_size=64, grid=4, epochs=3, train_minutes=60.0, batch_size=12)
