@@ -109,7 +109,8 @@ class CaptionDataset(SplitDataset):
         """Image j as a uint8 tensor (3, H, W)."""
         return torch.from_numpy(np.ascontiguousarray(self.images[j].transpose(2, 0, 1)))
 
-    row = image
+    def row(self, j: int) -> torch.Tensor:
+        return self.image(j)
 
 
 def dataset_hash(dataset_dir: str | Path) -> str:
