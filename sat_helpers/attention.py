@@ -143,8 +143,7 @@ class HardAttention(SoftAttention):
         _check_shapes(features, projected, query)
         log_alpha = self.scores(projected, query, mask).log_softmax(dim=-1)
         alpha = log_alpha.exp()
-        # 0 · log 0 = 0 at masked positions, without a NaN in the backward pass
-        entropy = -(alpha * log_alpha.masked_fill(alpha == 0, 0.0)).sum(-1)
+        entropy = attention_entropy(alpha, log_alpha)
         if self.expected or not self.training:
             return expected_context(features, alpha), alpha, None, entropy
         flat = alpha.detach().reshape(-1, alpha.shape[-1])
@@ -173,3 +172,21 @@ def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, lam: float = 1.0)
     real = (steps.unsqueeze(0) < lengths.to(alphas.device).unsqueeze(1)).to(alphas.dtype)
     total = (alphas * real.unsqueeze(-1)).sum(dim=1)  # (B, P): attention each position got
     return lam * ((1.0 - total) ** 2).mean()
+
+
+def attention_entropy(alphas: Tensor, log_alphas: Tensor | None = None) -> Tensor:
+    """H[α] = −Σ_i α_i log α_i in nats over the last axis: 0 for one location, log P for uniform.
+
+    ``log_alphas``: log α when the caller has it (exact where α underflows to 0), else
+    log max(α, 1e-12). Either way 0 · log 0 = 0, with no NaN in the backward pass.
+    """
+    if log_alphas is None:
+        alphas = torch.as_tensor(alphas).float()
+        log_alphas = alphas.clamp_min(1e-12).log()
+    return -(alphas * log_alphas.masked_fill(alphas == 0, 0.0)).sum(-1)
+
+
+_METHODS = ("forward", "attend", "scores", "weights", "project")
+PLAIN = {cls: {name: getattr(cls, name) for name in _METHODS} for cls in (SoftAttention,
+                                                                          HardAttention)}
+"""The methods as shipped: :mod:`sat_helpers.fastcpu` runs only while these are the class's."""

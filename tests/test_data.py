@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sat_helpers import data
+from sat_helpers import data, prepare
 from sat_helpers.config import get_profile
 from sat_helpers.data import (
     CaptionDataset,
@@ -207,7 +207,7 @@ def test_changes_rebuild(toy, change):
 
 def interrupt_after(monkeypatch, n):
     calls = []
-    real = data.load_image
+    real = prepare.load_image
 
     def flaky(path, size):
         calls.append(path)
@@ -215,7 +215,7 @@ def interrupt_after(monkeypatch, n):
             raise KeyboardInterrupt("simulated interruption")
         return real(path, size)
 
-    monkeypatch.setattr(data, "load_image", flaky)
+    monkeypatch.setattr(prepare, "load_image", flaky)
 
 
 def test_interrupted_build_leaves_nothing_trusted(toy, monkeypatch):

@@ -55,8 +55,7 @@ def per_sample_gradients(loss_fn, theta, features, W, n, g):
     rows = theta.detach().repeat(n, 1).requires_grad_()
     W = W.detach().clone().requires_grad_()
     captions, lengths = toy_batch(n)
-    profile = get_profile("quick", hard_lam=0.0, entropy_weight=0.1)
-    loss, _ = loss_fn(toy_output(rows, features, W, g), captions, lengths, profile)
+    loss, _ = loss_fn(toy_output(rows, features, W, g), captions, lengths)
     loss.backward()
     return -n * rows.grad, -W.grad  # the loss is −(mean objective): ascent directions
 
@@ -68,8 +67,8 @@ def test_hard_loss_uses_hard_lam_not_the_soft_penalty_weight():
     captions, lengths = toy_batch(4)
 
     def penalty(**fields):
-        loss_fn = HardAttentionLoss(get_profile("quick"))
-        return loss_fn(output, captions, lengths, get_profile("quick", **fields))[1]["penalty"]
+        loss_fn = HardAttentionLoss(get_profile("quick", **fields))
+        return loss_fn(output, captions, lengths)[1]["penalty"]
 
     assert penalty(lam=1.0, hard_lam=0.0) == 0.0
     assert penalty(lam=0.0, hard_lam=1.0) > 0.0
@@ -77,7 +76,7 @@ def test_hard_loss_uses_hard_lam_not_the_soft_penalty_weight():
 
 def test_estimator_is_unbiased_for_the_exact_gradient():
     features, W, theta = toy_problem()
-    loss_fn = HardAttentionLoss(get_profile("quick"))
+    loss_fn = HardAttentionLoss(get_profile("quick", hard_lam=0.0, entropy_weight=0.1))
     loss_fn.load_state_dict({"baseline": -3.0, "batches": 0})  # any fixed b keeps it unbiased
     n = 40_000
     g = torch.Generator().manual_seed(1)
@@ -101,7 +100,7 @@ def test_reinforce_weight_scales_only_the_score_function_term():
         loss_fn.load_state_dict({"baseline": -3.0, "batches": 0})
         rows, W_ = theta.repeat(16, 1).requires_grad_(), W.clone().requires_grad_()
         output = toy_output(rows, features, W_, torch.Generator().manual_seed(0))
-        loss_fn(output, *toy_batch(16), profile)[0].backward()
+        loss_fn(output, *toy_batch(16))[0].backward()
         grads[weight] = rows.grad, W_.grad
     assert grads[0.0][0].abs().max() == 0  # θ (where to look) learns through REINFORCE only
     assert grads[1.0][0].abs().max() > 0
@@ -118,14 +117,14 @@ def test_baseline_starts_at_zero_and_moves_on_sampled_minibatches_only():
     captions, lengths = toy_batch(8)
     first, second = (toy_output(theta.repeat(8, 1), features, W, g) for _ in range(2))
     expected = first._replace(log_probs_of_samples=None)  # an expected-context minibatch
-    loss_fn(expected, captions, lengths, profile)
+    loss_fn(expected, captions, lengths)
     assert loss_fn.baseline == 0.0  # b only moves on sampled minibatches
     mean = [float(o.scores.log_softmax(-1)[:, 0, Y].mean()) for o in (first, second)]
     assert abs(mean[0]) > 1  # far from 0: the start matters
-    assert loss_fn(first, captions, lengths, profile)[1]["baseline"] == 0.0
+    assert loss_fn(first, captions, lengths)[1]["baseline"] == 0.0
     b1 = 0.1 * mean[0]  # 0.9 · 0 + 0.1 · the first minibatch's mean
     assert loss_fn.baseline == pytest.approx(b1)
-    assert loss_fn(second, captions, lengths, profile)[1]["baseline"] == pytest.approx(b1)
+    assert loss_fn(second, captions, lengths)[1]["baseline"] == pytest.approx(b1)
     assert loss_fn.baseline == pytest.approx(0.9 * b1 + 0.1 * mean[1])
     old = HardAttentionLoss(profile)
     old.load_state_dict({"baseline": None, "batches": 3})  # a v0.2.0 checkpoint, no sample yet
@@ -135,10 +134,11 @@ def test_baseline_starts_at_zero_and_moves_on_sampled_minibatches_only():
 def test_baseline_lowers_the_variance():
     features, W, theta = toy_problem()
     g = torch.Generator().manual_seed(2)
-    learned = HardAttentionLoss(get_profile("quick"))
+    learned = HardAttentionLoss(get_profile("quick", hard_lam=0.0, entropy_weight=0.1))
     for _ in range(40):  # the moving average settles near E[log p(y | s, a)]
         per_sample_gradients(learned, theta, features, W, 64, g)
-    zero = HardAttentionLoss(get_profile("quick", baseline_decay=1.0))
+    zero = HardAttentionLoss(get_profile("quick", hard_lam=0.0, entropy_weight=0.1,
+                                         baseline_decay=1.0))
     zero.load_state_dict({"baseline": 0.0, "batches": 0})  # decay 1: b stays 0, no baseline
     var = {}
     for name, loss_fn in (("baseline", learned), ("none", zero)):
@@ -155,13 +155,11 @@ def test_estimator_ascends_to_the_known_optimum():
     best = int((features @ W.T).log_softmax(-1)[:, Y].argmax())
     theta = theta.clone().requires_grad_()
     opt = torch.optim.Adam([theta], lr=0.1)
-    loss_fn = HardAttentionLoss(get_profile("quick"))
+    loss_fn = HardAttentionLoss(get_profile("quick", hard_lam=0.0))
     g = torch.Generator().manual_seed(4)
     captions, lengths = toy_batch(32)
-    profile = get_profile("quick", hard_lam=0.0)
     for _ in range(150):
-        loss, _ = loss_fn(toy_output(theta.expand(32, P), features, W, g), captions, lengths,
-                          profile)
+        loss, _ = loss_fn(toy_output(theta.expand(32, P), features, W, g), captions, lengths)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -175,14 +173,14 @@ def test_reported_loss_and_the_mixture():
     loss_fn = HardAttentionLoss(profile)
     captions, lengths = toy_batch(8)
     out = toy_output(theta.expand(8, P), features, W, torch.Generator().manual_seed(5))
-    loss, parts = loss_fn(out, captions, lengths, profile)
+    loss, parts = loss_fn(out, captions, lengths)
     ce = torch.nn.functional.cross_entropy(out.scores[:, 0], captions[:, 1])
     entropy = attention_entropy(theta.softmax(-1))
     assert torch.allclose(loss, ce - 0.1 * entropy)  # the REINFORCE term adds no value
     assert parts["baseline"] == 0.0 and loss_fn.baseline == pytest.approx(-0.1 * float(ce))
     expected_out = out._replace(log_probs_of_samples=None)  # an expected-context minibatch
     before = loss_fn.state_dict()
-    loss_fn(expected_out, captions, lengths, profile)
+    loss_fn(expected_out, captions, lengths)
     assert loss_fn.state_dict() == before  # b moves on sampled minibatches only
     model = torch.nn.Module()
     model.attention = torch.nn.Module()
@@ -224,23 +222,22 @@ def test_hard_training_lowers_the_loss(tiny, tmp_path, device):
     def eval_loss():
         model.eval()
         with torch.no_grad():
-            return float(loss_fn(model(features, captions, lengths), captions, lengths,
-                                 trainer.profile)[0])
+            return float(loss_fn(model(features, captions, lengths), captions, lengths)[0])
 
     start, modes = eval_loss(), []
     for _ in range(30):
         model.train()
         modes.append(loss_fn.before_batch(model))
-        loss, _ = loss_fn(model(features, captions, lengths), captions, lengths, trainer.profile)
+        loss, _ = loss_fn(model(features, captions, lengths), captions, lengths)
         trainer.optimizer.zero_grad()
         loss.backward()
         trainer.optimizer.step()
     assert eval_loss() < 0.8 * start and 0 < sum(modes) < 30  # both kinds of minibatch ran
     # a sampled minibatch teaches the attention MLP through the REINFORCE term alone
-    no_other = replace(trainer.profile, hard_lam=0.0, entropy_weight=0.0)
+    no_other = HardAttentionLoss(replace(trainer.profile, hard_lam=0.0, entropy_weight=0.0))
     model.train()
     model.attention.expected = False
-    loss, parts = loss_fn(model(features, captions, lengths), captions, lengths, no_other)
+    loss, parts = no_other(model(features, captions, lengths), captions, lengths)
     trainer.optimizer.zero_grad()
     loss.backward()
     assert "baseline" in parts and model.attention.w.weight.grad.abs().sum() > 0
