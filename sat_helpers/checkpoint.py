@@ -157,13 +157,15 @@ def load_encoder(ckpt: dict, profile: Profile, device: str = "cpu") -> Encoder:
     weights; any other gets the profile's frozen pretrained encoder.
     """
     if not profile.fine_tune:
-        encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size)
+        encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size,
+                          resize=profile.resize)
         return encoder.to(device).eval()
     if ckpt.get("encoder") is None:
         raise CheckpointError(f"Profile {profile.name!r} fine-tunes the encoder but the "
                               "checkpoint holds no encoder weights; use the checkpoint of "
                               "that fine-tuning run.")
     encoder = Encoder(profile.encoder, pretrained=False, grid=profile.grid,
-                      fine_tune=profile.fine_tune, image_size=profile.image_size)
+                      fine_tune=profile.fine_tune, image_size=profile.image_size,
+                      resize=profile.resize)
     encoder.load_state_dict(ckpt["encoder"])
     return encoder.to(device).eval()

@@ -34,6 +34,7 @@ class Profile:
     shapes_test_fraction: float = 0.1
     # dataset preparation
     image_size: int = 224
+    resize: str = "squash"  # or "shorter_side_crop": how an image becomes S x S (images.py)
     min_word_freq: int = 1
     max_len: int = 20
     captions_per_image: int = 5
@@ -179,6 +180,25 @@ PROFILES["photos_quick"] = replace(
     max_len=20, embed_dim=32, att_dim=32, dec_dim=64, batch_size=16, lr=3e-3, epochs=2,
     train_minutes=5.0, num_workers=0, feature_batch_size=8, decode_max_len=12,
     expect_bleu4=0.0, ci_scale=True)
+# The paper's setup on Flickr8k (Xu et al. 2015, Sec. 4-5): VGG-19 conv5_4 (14 x 14 x 512,
+# frozen), each image's shorter side resized to 224 and the centre cropped. The paper gives no
+# layer sizes: 512 (word embedding), 512 (attention) and 1800 (LSTM) are the authors' example
+# script's (arctic-captions evaluate_coco.py; capgen.train's own defaults are 100/512/1000), as
+# are the minibatch of 64, Adam at 2e-4 (their optimizers.adam's fixed step) and dropout. Their
+# alpha_c = 1 (summed over the batch, averaged over positions) is λ = alpha_c · B / (words per
+# caption) here, ≈ 5 on Flickr8k's ≈ 12-word captions (attention.paper_lam_to_package). Their
+# 10,000-word vocabulary keeps every word of Flickr8k's training captions, as a minimum count
+# of 1 does. Differences that remain: docs/departures.md. Evaluation reports BLEU with and
+# without the brevity penalty (the paper's Table 1 is without).
+PROFILES["paper"] = replace(
+    PROFILES["flickr8k"], name="paper", encoder="vgg19", grid=14, image_size=224,
+    resize="shorter_side_crop", fine_tune=False, min_word_freq=1, embed_dim=512, att_dim=512,
+    dec_dim=1800, batch_size=64, lr=2e-4, dropout=0.5, lam=5.0)
+# The paper profile's code path (VGG-19, centre crops, its decoder) at photos_quick's toy sizes.
+PROFILES["paper_quick"] = replace(
+    PROFILES["paper"], name="paper_quick", image_size=64, grid=4, max_len=20, embed_dim=32,
+    att_dim=32, dec_dim=64, batch_size=16, lr=3e-3, epochs=2, train_minutes=5.0,
+    num_workers=0, feature_batch_size=8, decode_max_len=12, expect_bleu4=0.0, ci_scale=True)
 PROFILES["flickr30k"] = replace(PROFILES["flickr8k"], name="flickr30k", dataset="flickr30k")
 PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", expect_bleu4=0.2,
                            feature_cache=False)
@@ -207,7 +227,7 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
 
 
 DATA_FIELDS = ("dataset", "shapes_images", "shapes_seed", "shapes_val_fraction",
-               "shapes_test_fraction", "image_size", "min_word_freq", "max_len",
+               "shapes_test_fraction", "image_size", "resize", "min_word_freq", "max_len",
                "captions_per_image", "data_seed")
 """The fields a prepared dataset (and so its feature cache) depends on; not ``seed``."""
 HARD_ONLY_FIELDS = ("hard_lam", "entropy_weight", "baseline_decay", "expected_context_p",
