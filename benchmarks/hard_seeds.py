@@ -1,16 +1,16 @@
 """Hard attention over seeds: which reward, λ_r and λ_e let α learn, BLEU-4 and pointing.
 
-One Shapes hard-attention run says little: with the same data and code its outcome swings
-with the seed. This trains the profile's hard model for every seed and every combination of
-reward (``reinforce_reward``: "caption_sum", eq. 12 as printed, or "authors", capgen.py's
-rule), λ_r (``reinforce_weight``) and λ_e, everything else equal, each run in its own folder
-under data_root()/experiments/ (never the course's run; a finished folder is scored, not
-retrained), and scores it on the test split as notebook 07 does: greedy BLEU-4, noun-phrase
-pointing and the mean entropy of α. λ_e is given in the package's units (``--entropy-weights``)
-or in the authors' (``--authors-entropy``: capgen.py's alpha_entropy_c, summed over the
-minibatch; λ_e = alpha_entropy_c · batch_size). Writes
-benchmarks/results/hard_seeds-<profile>-e<epochs>.md: every run, then per setting the mean,
-the standard deviation and the worst over the seeds.
+One Shapes hard-attention run says little: with the same data and code its outcome swings with
+the seed. This trains the profile's hard model for every seed and every combination of reward
+(``reinforce_reward``: "caption_sum", eq. 12 as printed, or "authors", capgen.py's rule), λ_r
+(``reinforce_weight``) and λ_e, everything else equal, each run in its own folder under
+data_root()/experiments/ (never the course's run; a finished folder is scored, not retrained),
+and scores it on the test split as notebook 07 does: greedy BLEU-4, noun-phrase pointing and
+the mean entropy of α. λ_e is given in the package's units (``--entropy-weights``) or in the
+authors' (``--authors-entropy``: capgen.py's alpha_entropy_c, summed over the minibatch; λ_e =
+alpha_entropy_c · batch_size). Writes
+benchmarks/results/hard_seeds-<profile>-e<epochs>-<rewards>.md: every run, then per setting
+the mean, the standard deviation and the worst over the seeds.
 
     python benchmarks/hard_seeds.py [--profile shapes] [--epochs 24] [--seeds 0 1 2 3]
         [--rewards caption_sum authors] [--weights 1 0.01]
@@ -91,7 +91,8 @@ def main() -> None:
             f"{markdown(summary(table, ['reward', 'λ_r', 'λ_e']), digits=3)}\n")
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"hard_seeds-{profile.name}-e{profile.epochs}.md").write_text(text)
+    (RESULTS / f"hard_seeds-{profile.name}-e{profile.epochs}-{'-'.join(args.rewards)}.md"
+     ).write_text(text)
 
 
 if __name__ == "__main__":
