@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .config import HARD_ONLY_FIELDS, SOFT_ONLY_FIELDS, Profile, data_root, variant_name
+from .config import (
+    HARD_ONLY_FIELDS,
+    RENAMED,
+    SOFT_ONLY_FIELDS,
+    Profile,
+    data_root,
+    variant_name,
+)
 from .data import Vocab, dataset_hash, ensure_dataset
 from .decoder import AttentionDecoder
 from .encoder import Encoder
@@ -113,8 +120,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[AttentionDec
 
 
 def profile_from_dict(fields: dict) -> Profile:
-    """The Profile a checkpoint stored as plain data (fields unknown to this version dropped)."""
+    """The Profile a checkpoint stored as plain data (renamed fields under their new names,
+    fields unknown to this version dropped)."""
     known = {f.name for f in dataclasses.fields(Profile)}
+    fields = {RENAMED[k][0] if k in RENAMED else k: v for k, v in fields.items()}
     return Profile(**{k: v for k, v in fields.items() if k in known})
 
 
@@ -148,13 +157,15 @@ def load_encoder(ckpt: dict, profile: Profile, device: str = "cpu") -> Encoder:
     weights; any other gets the profile's frozen pretrained encoder.
     """
     if not profile.fine_tune:
-        encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size)
+        encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size,
+                          resize=profile.resize)
         return encoder.to(device).eval()
     if ckpt.get("encoder") is None:
         raise CheckpointError(f"Profile {profile.name!r} fine-tunes the encoder but the "
                               "checkpoint holds no encoder weights; use the checkpoint of "
                               "that fine-tuning run.")
     encoder = Encoder(profile.encoder, pretrained=False, grid=profile.grid,
-                      fine_tune=profile.fine_tune, image_size=profile.image_size)
+                      fine_tune=profile.fine_tune, image_size=profile.image_size,
+                      resize=profile.resize)
     encoder.load_state_dict(ckpt["encoder"])
     return encoder.to(device).eval()

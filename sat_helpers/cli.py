@@ -66,7 +66,7 @@ def _caption(args: argparse.Namespace) -> int:
     from .checkpoint import load_encoder, load_model, run_dir
     from .config import get_profile
     from .data import DatasetError, Vocab
-    from .images import annotation_vectors, image_tensor, open_image
+    from .images import annotation_vectors, image_tensor, model_view, open_image
     from .search import beam_search
 
     if args.beam < 1:
@@ -90,7 +90,8 @@ def _caption(args: argparse.Namespace) -> int:
     if problem:
         return _fail("caption", problem)
     with torch.no_grad():  # each image as the datasets hold it, then as training encoded it
-        pixels = torch.stack([image_tensor(image, profile.image_size) for image in images])
+        pixels = torch.stack([image_tensor(image, profile.image_size, profile.resize)
+                              for image in images])
         feats = annotation_vectors(encoder, pixels)
     captions = beam_search(decoder.eval(), feats, args.beam, args.max_len or
                            profile.decode_max_len, vocab=vocab,
@@ -103,7 +104,8 @@ def _caption(args: argparse.Namespace) -> int:
             out = Path(args.plot)
             if len(images) > 1:
                 out = out.with_name(f"{out.stem}_{Path(name).stem}{out.suffix}")
-            plot_attention(image, caption.words, caption.alphas).savefig(out, dpi=100)
+            shown = model_view(image, profile.resize)  # the part the model attended over
+            plot_attention(shown, caption.words, caption.alphas).savefig(out, dpi=100)
             print(f"  attention figure: {out}")
     return 0
 

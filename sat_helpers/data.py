@@ -170,7 +170,8 @@ def ensure_dataset(profile: Profile) -> Path:
     return prepare_dataset(karpathy_json, image_dir, prepared_dir(profile),
                            profile.image_size, profile.min_word_freq, profile.max_len,
                            profile.captions_per_image, profile.data_seed,
-                           on_bad_image="error" if profile.dataset == "shapes" else "skip")
+                           on_bad_image="error" if profile.dataset == "shapes" else "skip",
+                           resize=profile.resize)
 
 
 def _download(dataset: str, root: Path) -> tuple[Path, Path]:

@@ -99,6 +99,8 @@ class AttentionDecoder(nn.Module):
         attention_class = SoftAttention if attention == "soft" else HardAttention
         self.attention = attention_class(enc_dim, dec_dim, att_dim)
         self.embedding = nn.Embedding(vocab_size, embed_dim)  # E
+        with torch.no_grad():  # N(0, 0.01²), the authors' init (capgen.py norm_weight, scale
+            self.embedding.weight.mul_(0.01)  # 0.01): E y feeds the deep output's tanh unsaturated
         self.init_h = nn.Linear(enc_dim, dec_dim)  # f_init,h of the mean annotation
         self.init_c = nn.Linear(enc_dim, dec_dim)  # f_init,c
         self.gate_dim = {"scalar": 1, "vector": enc_dim, None: 0}[gate]

@@ -34,6 +34,7 @@ from PIL import Image
 from torch import nn
 
 from .images import (  # noqa: F401 - normalise, pil_to_tensor re-exported
+    check_resize,
     image_to_input,
     normalise,
     open_image,
@@ -167,13 +168,16 @@ class Encoder(nn.Module):
     ``fine_tune=False`` freezes every parameter and keeps every BatchNorm in eval mode even
     under ``.train()``; ``True`` or an int N makes only the last N blocks trainable (the
     frozen ones still stay in eval mode). See ``block_names``/``trainable_blocks``.
+    ``resize`` (``images.RESIZE_MODES``) is how ``transform`` makes a PIL image square.
     """
 
     def __init__(self, name: str, pretrained: bool = True, grid: int | None = None,
-                 fine_tune: bool | int = False, image_size: int | None = None):
+                 fine_tune: bool | int = False, image_size: int | None = None,
+                 resize: str = "squash"):
         super().__init__()
         spec = get_spec(name)
-        self.name, self.spec, self.pretrained = spec.name, spec, pretrained
+        check_resize(resize)
+        self.name, self.spec, self.pretrained, self.resize = spec.name, spec, pretrained, resize
         self.channels, self.stride = spec.channels, spec.stride
         self.grid = grid or DEFAULT_GRID
         self.input_size = image_size or spec.input_size
@@ -223,17 +227,17 @@ class Encoder(nn.Module):
 
     @property
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> float (3, S, S): RGB, squashed to S x S like the datasets, normalised.
+        """PIL image -> float (3, S, S): RGB, made S x S like the datasets (``resize``), normalised.
 
         A picklable callable, so it works in DataLoader workers.
         """
         return partial(image_to_input, size=self.input_size, mean=self.spec.mean,
-                       std=self.spec.std)
+                       std=self.spec.std, resize=self.resize)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, pretrained={self.pretrained}, grid={self.grid}, "
                 f"channels={self.channels}, input_size={self.input_size}, "
-                f"trainable_blocks={self.trainable_blocks}")
+                f"resize={self.resize!r}, trainable_blocks={self.trainable_blocks}")
 
 
 _WARNED: set[tuple[str, int, int]] = set()

@@ -1,11 +1,12 @@
 """Evaluate a trained model on a split: one row per image and the corpus metrics of the papers.
 
 ``evaluate(checkpoint_or_model, split, beam_size)`` captions every image of the split (all
-images through the search in chunks), then scores the captions: corpus BLEU-1..4 always
-(``metrics.bleu_scores``), METEOR, ROUGE-L and CIDEr when the COCO caption toolkit and Java
-are there (``metrics.coco_scores``), and, on data whose images know their objects (Shapes),
-the pointing game with its centre and uniform baselines. The per-image table keeps each
-``Caption`` (words and attention maps) so a notebook can draw it without decoding again.
+images through the search in chunks), then scores the captions: corpus BLEU-1..4 always, with
+and without the brevity penalty (``metrics.bleu_scores``), METEOR, ROUGE-L and CIDEr when the
+COCO caption toolkit and Java are there (``metrics.coco_scores``), and, on data whose images
+know their objects (Shapes), the pointing game with its centre and uniform baselines. The
+per-image table keeps each ``Caption`` (words and attention maps) so a notebook can draw it
+without decoding again.
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ def pointing_records(table: pd.DataFrame, profile: Profile) -> pd.DataFrame:
 
 
 def _corpus_scores(references: list, hypotheses: list, coco: bool, meteor: bool) -> dict:
-    """BLEU-1..4 (nltk) and, when the toolkit is there, METEOR, ROUGE-L and CIDEr."""
+    """BLEU-1..4 (nltk) with and without the brevity penalty (the paper's Table 1 is without:
+    "BLEU-n (no BP)") and, when the toolkit is there, METEOR, ROUGE-L and CIDEr."""
     scores = dict(bleu_scores(references, hypotheses))
+    no_bp = bleu_scores(references, hypotheses, with_brevity_penalty=False)
+    scores.update({f"{k} (no BP)": v for k, v in no_bp.items()})
     if coco:
         try:
             extra = coco_scores(references, hypotheses, meteor=meteor)

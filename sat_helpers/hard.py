@@ -12,22 +12,24 @@ whose gradient (eq. 11) is estimated by Monte Carlo with sampled locations s̃ ~
     ∂L_s/∂W ≈ ∂log p(y | s̃, a)/∂W + λ_r (log p(y | s̃, a) − b) ∂log p(s̃ | a)/∂W + λ_e ∂H[s̃]/∂W
 
 (λ_r is ``profile.reinforce_weight``, λ_e ``profile.entropy_weight``: the paper leaves
-both to tuning and reports no values. The defaults, 1 and 0.01, are eq. 12 as written. The
-reward here is a whole caption's log-likelihood, so at λ_r = 1 the REINFORCE term's noise can
-dominate what the attention learns: on Shapes every seed then captioned worse, and with the
-seed code's baseline start most seeds' α never left uniform. That profile uses λ_r = 0.01
-and λ_e = 0, measured over seeds by ``benchmarks/hard_seeds.py``; its α learns mostly from
-the minibatches that use the expected context (device 3 below), with REINFORCE as a small
-correction. The authors' code weighs the term down too: its reward is the per-word mean
-log-likelihood, divided by 10.)
+both to tuning and reports no values. The package's defaults, λ_r = 1 and λ_e = 0.01, are
+its own choice. ``profile.reinforce_reward`` picks the reward (``sat_helpers.losses.REWARDS``):
+``"caption_sum"`` is eq. 12 as printed, a whole caption's log-likelihood; ``"authors"`` is
+the rule of the authors' code (arctic-captions, capgen.py), the caption's per-word mean
+log-likelihood divided by 10, with the baseline moved on every minibatch. The package's λ_r
+is eq. 12's λ_r under either reward: λ_r = 1 with ``"authors"`` is the authors' learning
+rule, and the authors' entropy weight 0.002 is λ_e = 0.002 × batch size here
+(``losses.authors_entropy_weight``). With the summed reward at λ_r = 1 the REINFORCE term's
+noise, which grows with caption length, can dominate what the attention learns; the
+``shapes`` profile's values are measured over seeds by ``benchmarks/hard_seeds.py``.)
 
-1. b, a moving average of the log-likelihood, b ← decay·b + (1 − decay)·log p(y | s̃, a)
-   (decay ``profile.baseline_decay`` = 0.9): subtracting it leaves the mean unchanged and
-   lowers the variance of the REINFORCE term. b starts at 0, as in the authors' code: on
-   Shapes that beat starting at the first sampled minibatch's mean on every seed measured
-   (``benchmarks/baseline_start.py``, notebook 07);
+1. b, a moving average of the reward, b ← decay·b + (1 − decay)·mean reward (decay
+   ``profile.baseline_decay`` = 0.9): subtracting it leaves the mean unchanged and lowers the
+   variance of the REINFORCE term. b starts at 0, as in the authors' code: on Shapes that
+   beat starting at the first sampled minibatch's mean (an alternative some
+   reimplementations use) on every seed measured (``benchmarks/baseline_start.py``);
 2. the entropy bonus λ_e H[s̃] (``profile.entropy_weight``);
-3. with probability 0.5 (``profile.semi_sampling_p``) a minibatch uses the expected context
+3. with probability 0.5 (``profile.expected_context_p``) a minibatch uses the expected context
    Σ_i α_i a_i instead of a sample (the paper's "set the sampled attention location s̃ to
    its expected value α"): that minibatch trains like soft attention.
 

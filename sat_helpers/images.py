@@ -4,9 +4,10 @@ Every image, a dataset's file being prepared, a file given to ``sat caption`` or
 uploaded to the explorer, goes through :func:`open_image`: Pillow's decompression-bomb limit
 as an error, the EXIF orientation applied (a phone stores a portrait photo sideways, with a
 tag that says how to turn it), and any mode made 8-bit RGB (transparency over white, 16-bit
-values scaled). :func:`square` then squashes it to S x S as Xu et al. do (no aspect ratio
-kept), so :func:`image_tensor` of a file equals the prepared dataset's copy of it, and
-:func:`annotation_vectors` turns a batch into what the decoder attends over, as in training.
+values scaled). :func:`square` then makes it S x S in one of :data:`RESIZE_MODES` (the
+profile's ``resize``), so :func:`image_tensor` of a file equals the prepared dataset's copy of
+it, and :func:`annotation_vectors` turns a batch into what the decoder attends over, as in
+training.
 """
 
 from __future__ import annotations
@@ -83,21 +84,54 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def square(image: Image.Image, size: int) -> np.ndarray:
-    """An RGB image squashed to uint8 (size, size, 3), as the datasets store every image."""
+RESIZE_MODES = ("squash", "shorter_side_crop")
+"""How an image becomes S x S (``profile.resize``): ``"squash"`` resizes the whole image to
+S x S, aspect ratio not kept (the course's Shapes are square, so nothing is lost there);
+``"shorter_side_crop"`` resizes the shorter side to S and keeps the centred S x S, the
+preprocessing the paper's first author describes for VGG features (the ``paper`` profile)."""
+
+
+def check_resize(resize: str) -> None:
+    """Raise a ValueError naming the valid modes unless ``resize`` is one of RESIZE_MODES."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize={resize!r}: use one of {list(RESIZE_MODES)} "
+                         "(the profile's resize field).")
+
+
+def model_view(image: Image.Image, resize: str = "squash") -> Image.Image:
+    """The part of an image the model sees: all of it, or its centred square (side: the shorter).
+
+    Resizing that part to S x S is resizing the shorter side to S and cropping the centre
+    (only the resampling filter's reach across the cut edges differs), so an attention map
+    drawn over it covers exactly what the model attended over.
+    """
+    check_resize(resize)
+    if resize == "squash":
+        return image
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def square(image: Image.Image, size: int, resize: str = "squash") -> np.ndarray:
+    """An RGB image as uint8 (size, size, 3), as the datasets store every image (``resize``)."""
+    image = model_view(image, resize)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_image(path: str | Path, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(path: str | Path, image_size: int,
+               resize: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
     """(uint8 RGB array (S, S, 3), (width, height) after EXIF rotation) of one image file."""
     image, size = open_image(path, draft=image_size)
-    return square(image, image_size), size
+    return square(image, image_size, resize), size
 
 
-def image_tensor(image: ImageSource | np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """Any image as uint8 (3, H, W): a file, bytes or PIL image opened and squashed to size.
+def image_tensor(image: ImageSource | np.ndarray | torch.Tensor, size: int,
+                 resize: str = "squash") -> torch.Tensor:
+    """Any image as uint8 (3, H, W): a file, bytes or PIL image opened and made size x size.
 
     A (3, H, W) tensor or (H, W, 3) array is taken as it is (a dataset's image already is).
     """
@@ -105,13 +139,13 @@ def image_tensor(image: ImageSource | np.ndarray | torch.Tensor, size: int) -> t
         return image if image.shape[0] == 3 else image.permute(2, 0, 1)
     if isinstance(image, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    pixels = square(open_image(image, draft=size)[0], size)
+    pixels = square(open_image(image, draft=size)[0], size, resize)
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
-def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """A PIL image as uint8 (3, size, size) RGB, squashed to a square as the datasets are."""
-    return image_tensor(image, size)
+def pil_to_tensor(image: Image.Image, size: int, resize: str = "squash") -> torch.Tensor:
+    """A PIL image as uint8 (3, size, size) RGB, made square as the datasets are."""
+    return image_tensor(image, size, resize)
 
 
 def normalise(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch.Tensor:
@@ -125,9 +159,10 @@ def normalise(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch
     return (x - mean) / std
 
 
-def image_to_input(image: Image.Image, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+def image_to_input(image: Image.Image, size: int, mean: tuple, std: tuple,
+                   resize: str = "squash") -> torch.Tensor:
     """PIL image -> float (3, size, size) normalised: what ``Encoder.transform`` does."""
-    return normalise(image_tensor(image, size)[None], size, mean, std)[0]
+    return normalise(image_tensor(image, size, resize)[None], size, mean, std)[0]
 
 
 def annotation_vectors(encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -96,42 +96,79 @@ def _global_mean(x: Tensor) -> Tensor:
     return mean
 
 
+def _global_count(n: int, device: torch.device) -> Tensor:
+    """n summed over every process under torchrun (the global batch's captions), else n."""
+    total = torch.tensor(float(n), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return total
+
+
+REWARDS = ("caption_sum", "authors")
+"""``profile.reinforce_reward``: what REINFORCE rewards a sampled caption with.
+
+- ``"caption_sum"``: eq. 12 as printed, the caption's log-likelihood Σ_t log p(y_t | ·),
+  averaged over the batch like the cross-entropy; b moves on sampled minibatches.
+- ``"authors"``: the rule of the authors' code (arctic-captions, capgen.py, lines 1194-1205):
+  the caption's per-word mean log-likelihood, divided by 10, applied per caption without the
+  1/B the cross-entropy gets; b moves on every minibatch. See :class:`HardAttentionLoss`.
+"""
+
+
 class HardAttentionLoss(CaptionLoss):
     """The paper's hard-attention objective (Sec. 4.1; the math: :mod:`sat_helpers.hard`).
 
     ``before_batch(model)`` draws whether the minibatch uses the expected context
-    (probability ``profile.semi_sampling_p``), from a generator seeded by (seed, minibatch
-    number): the same draws on every process and after a resume. The loss is
+    (probability ``profile.expected_context_p``), from a generator seeded by (seed, minibatch
+    number): the same draws on every process and after a resume. With N the number of real
+    words (or ``n_tokens``), B the number of captions, λ_r ``profile.reinforce_weight`` and
+    λ_e ``profile.entropy_weight``, the loss is
 
-        [−Σ log p(y|s̃,a) − λ_r Σ_n (log p(y_n|s̃_n,a) − b) log p(s̃_n|a) − λ_e Σ H[α_t]] / N
+        [−Σ log p(y|s̃,a) − λ_r Σ_n w (r_n − b) log p(s̃_n|a) − λ_e Σ H[α_t]] / N
         + doubly stochastic penalty with λ = ``profile.hard_lam``
 
-    with N the number of real words (or ``n_tokens``), λ_r ``profile.reinforce_weight`` and
-    λ_e ``profile.entropy_weight``. The REINFORCE term is there only when the output holds
-    sampled locations (a sampled training minibatch), which is also the only time the
-    baseline b moves (b ← decay·b + (1 − decay)·mean log p, decay ``profile.baseline_decay``;
-    b starts at 0). Its value is zero, so the loss reported is the cross-entropy + penalty −
-    λ_e · mean entropy. b and the minibatch counter are plain data in ``state_dict``.
+    where (``profile.reinforce_reward``, see :data:`REWARDS`) either r_n = log p(y_n|s̃_n,a),
+    w = 1 (``"caption_sum"``), or r_n = that divided by the caption's number of real words,
+    w = B/10 (``"authors"``). The authors' objective is per caption, averaged over the batch
+    (their ``cost.mean()``); the package's is per word, so it is the authors' times B/N: their
+    per-caption REINFORCE weight (r_n − b)/10 becomes (B/10)(r_n − b)/N here, and λ_r = 1 with
+    ``"authors"`` is their learning rule. Their entropy term, 0.002 · Σ α log α summed over
+    the batch without 1/B, is λ_e = 0.002 · B here. The sign is REINFORCE's: a sample whose
+    caption beat the baseline is made more likely (capgen.py's known_grads, descended by its
+    optimisers, has the opposite sign; docs/departures.md).
+
+    The REINFORCE term is there only when the output holds sampled locations (a sampled
+    training minibatch; on an expected-context minibatch the authors' term is constant over
+    locations, so the softmax passes no gradient from it). b is a moving average of the
+    minibatch's mean r_n, b ← decay·b + (1 − decay)·mean r_n (decay ``profile.baseline_decay``,
+    b starts at 0), moved on sampled minibatches (``"caption_sum"``) or on every one
+    (``"authors"``, as their code). The term's value is zero, so the loss reported is the
+    cross-entropy + penalty − λ_e · mean entropy. b and the minibatch counter are plain data
+    in ``state_dict``.
     """
 
     def __init__(self, profile):
-        self.seed, self.semi_sampling_p = profile.seed, profile.semi_sampling_p
+        if profile.reinforce_reward not in REWARDS:
+            raise ValueError(f"reinforce_reward={profile.reinforce_reward!r}: use one of "
+                             f"{list(REWARDS)} (sat_helpers.losses.REWARDS says what each is).")
+        self.seed, self.expected_context_p = profile.seed, profile.expected_context_p
         self.lam, self.entropy_weight = profile.hard_lam, profile.entropy_weight
         self.reinforce_weight, self.decay = profile.reinforce_weight, profile.baseline_decay
+        self.reward = profile.reinforce_reward
         self.baseline: Tensor | float = 0.0  # b, as in the authors' code
         self.batches = 0  # training minibatches seen (numbers the 0.5-mixture draws)
 
     def before_batch(self, model: nn.Module) -> bool:
         """Draw this minibatch's mode; set ``model.attention.expected``; True = expected context."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches)
-        expected = bool(torch.rand((), generator=g) < self.semi_sampling_p)
+        expected = bool(torch.rand((), generator=g) < self.expected_context_p)
         model.attention.expected = expected
         self.batches += 1
         return expected
 
     def __call__(self, output: DecoderOutput, captions: Tensor, lengths: Tensor,
                  n_tokens: Tensor | float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """(loss, its parts as detached tensors); moves the baseline on a sampled minibatch."""
+        """(loss, its parts as detached tensors); moves b as ``reinforce_reward`` says."""
         if output.entropies is None:
             raise ValueError("HardAttentionLoss needs a hard-attention decoder's output "
                              "(AttentionDecoder(attention='hard')); this one has no entropies.")
@@ -142,13 +179,19 @@ class HardAttentionLoss(CaptionLoss):
         entropy = (output.entropies.float() * real).sum() / n  # mean H[α_t] per word
         loss = ce + penalty - self.entropy_weight * entropy
         parts = {"ce": ce.detach(), "penalty": penalty.detach(), "entropy": entropy.detach()}
-        if output.log_probs_of_samples is not None:  # a sampled minibatch: REINFORCE
-            log_likelihood = log_p.sum(1)  # log p(y | s̃, a) per caption
+        reward = log_p.sum(1)  # log p(y | s̃, a) per caption
+        if self.reward == "authors":
+            reward = reward / real.sum(1).clamp_min(1)  # per word: their masked_cost.mean(0)
+        sampled = output.log_probs_of_samples is not None
+        if sampled:  # a sampled minibatch: REINFORCE
             sample_log_prob = (output.log_probs_of_samples.float() * real).sum(1)  # log p(s̃|a)
-            surrogate = reinforce_surrogate(log_likelihood, sample_log_prob, self.baseline)
-            loss = loss - self.reinforce_weight * surrogate.sum() / n
+            surrogate = reinforce_surrogate(reward, sample_log_prob, self.baseline)
+            weight = (_global_count(len(reward), reward.device) / 10
+                      if self.reward == "authors" else 1.0)
+            loss = loss - self.reinforce_weight * weight * surrogate.sum() / n
             parts["baseline"] = torch.as_tensor(self.baseline, dtype=torch.float64)
-            mean = _global_mean(log_likelihood).double()  # stays on the device: no wait
+        if sampled or self.reward == "authors":
+            mean = _global_mean(reward).double()  # stays on the device: no wait
             self.baseline = self.decay * self.baseline + (1 - self.decay) * mean
         return loss, parts
 
@@ -160,6 +203,16 @@ class HardAttentionLoss(CaptionLoss):
         """Continue from :meth:`state_dict`'s numbers."""
         baseline = state["baseline"]  # None: a v0.2.0 checkpoint before its first sample
         self.baseline, self.batches = (0.0 if baseline is None else baseline), state["batches"]
+
+
+def authors_entropy_weight(alpha_entropy_c: float, batch_size: int) -> float:
+    """λ_e in the package's units of the authors' ``alpha_entropy_c`` at this batch size.
+
+    capgen.py adds alpha_entropy_c · Σ α log α over every element of the minibatch, with no
+    1/B; the package's objective is theirs times B/N and its λ_e weighs a per-word mean, so
+    λ_e = alpha_entropy_c · B (their 0.002 at B = 64 is 0.128).
+    """
+    return alpha_entropy_c * batch_size
 
 
 LOSSES: dict[str, type[CaptionLoss]] = {"soft": CaptionLoss, "hard": HardAttentionLoss}

@@ -15,9 +15,10 @@ Policies (each counted in the manifest's ``report``, never silent):
   replacement); one with none is dropped;
 - the vocabulary counts the train split only (Karpathy ``restval`` counts as train), so val
   and test words the training data never saw become ``<unk>``;
-- images are resized to ``image_size`` x ``image_size`` without keeping the aspect ratio
-  (as Xu et al. do), after EXIF rotation; any mode becomes RGB (transparency over white,
-  16-bit scaled to 8 bits).
+- images become ``image_size`` x ``image_size`` after EXIF rotation, as ``resize`` says
+  (``images.RESIZE_MODES``: squashed whole, the default, or the shorter side resized and the
+  centre cropped, as the ``paper`` profile does); any mode becomes RGB (transparency over
+  white, 16-bit scaled to 8 bits).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .captions import (
     encode_caption,
     load_karpathy_json,
 )
-from .images import load_image
+from .images import check_resize, load_image
 
 FORMAT_VERSION = 1
 
@@ -118,7 +119,7 @@ def _is_current(out_dir: Path, params: dict, karpathy_json: Path, image_dir: Pat
 
 def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: str | Path,
                     image_size: int, min_word_freq: int, max_len: int, captions_per_image: int,
-                    seed: int = 0, on_bad_image: str = "error") -> Path:
+                    seed: int = 0, on_bad_image: str = "error", resize: str = "squash") -> Path:
     """Write the resized images, encoded captions, references and vocabulary into ``out_dir``.
 
     A no-op (seconds) when ``out_dir`` already holds this build: same parameters, same JSON
@@ -130,9 +131,12 @@ def prepare_dataset(karpathy_json: str | Path, image_dir: str | Path, out_dir: s
     karpathy_json, image_dir, out_dir = Path(karpathy_json), Path(image_dir), Path(out_dir)
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image={on_bad_image!r}; use 'error' or 'skip'.")
+    check_resize(resize)
     params = {"image_size": image_size, "min_word_freq": min_word_freq, "max_len": max_len,
               "captions_per_image": captions_per_image, "seed": seed,
               "on_bad_image": on_bad_image}
+    if resize != "squash":  # only then: a squashed build's manifest stays what it was
+        params["resize"] = resize
     if _is_current(out_dir, params, karpathy_json, image_dir):
         return out_dir
     data = load_karpathy_json(karpathy_json)
@@ -222,7 +226,7 @@ def _write_split(split: str, records: list[dict], vocab: Vocab, image_dir: Path,
                     disable=len(records) < 200):
         file = _image_path(image_dir, rec["image"])
         try:
-            pixels, (width, height) = load_image(file, size)
+            pixels, (width, height) = load_image(file, size, params.get("resize", "squash"))
         except DatasetError as err:
             if params["on_bad_image"] == "error":
                 raise DatasetError(f"{err} Replace or remove it, or pass "

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .captions import DatasetError
-from .images import annotation_vectors, image_tensor, open_image, to_rgb
+from .images import annotation_vectors, image_tensor, model_view, open_image, to_rgb
 from .metrics import upsample_attention
 from .search import Caption, beam_search
 
@@ -172,7 +172,7 @@ class Explorer:
             param, image = next(self.decoder.parameters()), self.images[name]
             if isinstance(image, np.ndarray) and image.dtype != np.uint8:
                 image = (image_array(image) * 255).round().astype(np.uint8)
-            pixels = image_tensor(image, self.encoder.input_size)
+            pixels = image_tensor(image, self.encoder.input_size, self.encoder.resize)
             with torch.no_grad():
                 features = annotation_vectors(self.encoder.eval(), pixels[None].to(param.device))
             self._features[name] = features.to(param.dtype)
@@ -201,7 +201,10 @@ class Explorer:
         self.text.value = (f"<p style='font-size:1.2em'>{' '.join(shown)}</p>"
                            f"<small>beam {self.beam.value}, log p = {self.caption.score:.2f}"
                            "</small>")
-        img = image_array(self.images[self.choose.value])
+        img = self.images[self.choose.value]
+        if isinstance(img, Image.Image):  # a file's image: the part the model attended over
+            img = model_view(img, self.encoder.resize)
+        img = image_array(img)
         heat = attention_maps(self.caption.alphas[i], img.shape[:2], self.smooth)[0]
         self.picture.value = _png(overlay(img, heat), self.width)
 
@@ -227,7 +230,8 @@ def explore(decoder, vocab, encoder, images: Mapping | Sequence = (), *, max_len
 
     ``images``: a mapping name -> image, or a sequence of images (PIL, (H, W, 3) arrays or
     uint8 (3, H, W) tensors); ``encoder``, the run's (``checkpoint.load_encoder``), turns each,
-    squashed to its ``input_size`` as the datasets are, into annotation vectors. Put the
+    made square at its ``input_size`` as the datasets are (its ``resize``), into annotation
+    vectors. Put the
     returned Explorer last in a cell.
     """
     if not isinstance(images, Mapping):

@@ -209,11 +209,11 @@ def interrupt_after(monkeypatch, n):
     calls = []
     real = prepare.load_image
 
-    def flaky(path, size):
+    def flaky(path, size, resize="squash"):
         calls.append(path)
         if len(calls) > n:
             raise KeyboardInterrupt("simulated interruption")
-        return real(path, size)
+        return real(path, size, resize)
 
     monkeypatch.setattr(prepare, "load_image", flaky)
 

@@ -5,6 +5,7 @@ caption`` and the explorer's upload must all turn it upright. And a run that fin
 encoder must be captioned with that encoder, not the pretrained one.
 """
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
@@ -14,7 +15,13 @@ from sat_helpers.cli import main
 from sat_helpers.config import get_profile
 from sat_helpers.data import Vocab
 from sat_helpers.encoder import Encoder, sample_images
-from sat_helpers.images import ORIENTATION, annotation_vectors, image_tensor, load_image
+from sat_helpers.images import (
+    ORIENTATION,
+    annotation_vectors,
+    image_tensor,
+    load_image,
+    model_view,
+)
 from sat_helpers.search import beam_search
 from sat_helpers.train import build_decoder
 from sat_helpers.viz import explore
@@ -99,3 +106,28 @@ def test_a_fine_tuned_run_is_captioned_with_its_own_encoder(photos, tmp_path, ca
     ex = explore(decoder, vocab, load_encoder(ckpt, prof), {"photo": Image.open(upright)},
                  max_len=prof.decode_max_len, beam_size=2)
     assert " ".join(ex.caption.words) == want
+
+
+def test_shorter_side_crop_keeps_the_centre_and_the_aspect(tmp_path):
+    """The paper's resize: shorter side to S, centre S x S kept; squash keeps the whole width."""
+    wide = np.zeros((60, 180, 3), dtype=np.uint8)  # a red third, a green centre, a blue third
+    wide[:, :60, 0], wide[:, 60:120, 1], wide[:, 120:, 2] = 255, 255, 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    crop, size = load_image(path, 30, "shorter_side_crop")
+    assert size == (180, 60) and crop.shape == (30, 30, 3)
+    assert (crop[..., 1] > 250).all() and (crop[..., [0, 2]] < 5).all()  # only the centre
+    squashed = load_image(path, 30)[0]
+    assert squashed[:, :5, 0].min() > 250 and squashed[:, -5:, 2].min() > 250  # all of it
+    by_hand = Image.fromarray(wide).resize((90, 30), Image.Resampling.BICUBIC).crop((30, 0, 60, 30))
+    difference = np.abs(crop.astype(int) - np.asarray(by_hand, dtype=int))
+    assert difference[:, 1:-1].max() <= 2  # only the filter's reach over the cut edges differs
+    assert torch.equal(image_tensor(path, 30, "shorter_side_crop"),
+                       torch.from_numpy(crop).permute(2, 0, 1))
+    assert model_view(Image.fromarray(wide), "shorter_side_crop").size == (60, 60)
+    encoder = Encoder("efficientnet_lite0_s16", pretrained=False, image_size=32,
+                      resize="shorter_side_crop")
+    assert torch.equal(encoder.transform(Image.open(path)),
+                       encoder.preprocess(image_tensor(path, 32, "shorter_side_crop")[None])[0])
+    with pytest.raises(ValueError, match="resize='crop'.*shorter_side_crop"):
+        load_image(path, 30, "crop")
