@@ -66,9 +66,10 @@ def student_notebook(teacher: dict, name: str) -> dict:
     if teacher_link not in title["source"]:
         raise ValueError(f"notebooks/{name}: the title cell has no Colab link {teacher_link}")
     exercises = sum(is_exercise(c) for c in out["cells"])
-    title["source"] = (title["source"].replace(teacher_link, COLAB.format(folder="student",
-                                                                          name=name))
-                       + HOW_CHECKS_WORK.format(n=exercises))
+    title["source"] = title["source"].replace(teacher_link, COLAB.format(folder="student",
+                                                                         name=name))
+    if exercises:  # an appendix notebook has none: nothing to explain
+        title["source"] += HOW_CHECKS_WORK.format(n=exercises)
     for cell in out["cells"]:
         cell["source"] = _lines(cell["source"])
     return out

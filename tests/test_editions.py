@@ -47,9 +47,17 @@ def teacher(request):
     return request.param, load(request.param)
 
 
+def is_appendix(path: Path) -> bool:
+    """An appendix notebook (NN_appendix_name.ipynb) holds a lesson's second idea: no exercises."""
+    return "_appendix_" in path.name
+
+
 def test_every_notebook_has_two_to_four_checked_exercises(teacher):
     path, nb = teacher
     found = exercises(nb)
+    if is_appendix(path):
+        assert not found, f"{path.name}: an appendix holds no exercises; move them to a lesson"
+        return
     assert 2 <= len(found) <= 4, f"{path.name}: {len(found)} exercises; the course asks 2 to 4"
     for i, solution, check_cell in found:
         task = nb["cells"][i - 1]
@@ -102,6 +110,9 @@ def test_student_title_cell_links_itself_and_explains_the_checks(teacher):
     link = COLAB.format(folder="student", name=path.name)
     assert f"]({link})" in title, f"student/{path.name}: no Colab link to {link}"
     assert "/notebooks/" not in title, f"student/{path.name} links to the teacher edition"
+    if is_appendix(path):
+        assert "ExerciseError" not in title, f"student/{path.name}: no exercises to explain"
+        return
     assert "check" in title and "ExerciseError" in title and "NotImplementedError" in title
     assert "not written yet" in title and "nbgrader" in title
 
