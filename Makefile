@@ -57,8 +57,9 @@ lab: $(STAMP)  ## open the notebooks in JupyterLab (adds the lab extra to .venv 
 	test -f $(VENV)/.lab || ($(UV) -e ".[lab]" && touch $(VENV)/.lab)
 	$(BIN)/jupyter lab notebooks
 
-lint: $(STAMP)  ## ruff and the notebook checks
+lint: $(STAMP)  ## ruff, module and function sizes, and the notebook checks
 	$(BIN)/ruff check .
+	$(BIN)/python tests/check_sizes.py
 	$(BIN)/python -m pytest -q tests/test_notebooks.py
 
 student: $(STAMP)  ## student/: notebooks/ with the exercises' solutions cleared (nbgrader)

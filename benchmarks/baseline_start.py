@@ -1,16 +1,17 @@
 """Where the hard-attention baseline b starts: 0 (the authors' code) or the first batch's mean.
 
-The moving average b_k = decay · b_{k-1} + (1 − decay) · mean log p(y | s̃_k, a) needs a
-first value. arctic-captions (the authors' Theano code) starts it at 0; the seed started it
-at the mean log-likelihood of the first sampled minibatch. This trains the profile's
-hard-attention model with each start for each seed (same data, everything else equal; one
-seed is not enough: a Shapes hard run's outcome swings with the seed, see hard_seeds.py),
-each in a folder of its own under data_root()/experiments/ (never the course's run), and
-scores both on the test split as notebook 07 does: greedy BLEU-4, the pointing game (noun
-phrase) and the mean entropy of α over the emitted words. Writes
-benchmarks/results/baseline_start.md. ("Seed code" is the implementation the course grew from;
-the seed column is the random seed.) The package starts at 0 since the Shapes profile's
-run of this (λ_r = 0.01, 24 epochs, seeds 0-3) scored better with it on every seed.
+The moving average b_k = decay · b_{k-1} + (1 − decay) · mean log p(y | s̃_k, a) needs a first
+value. arctic-captions (the authors' Theano code) starts it at 0; an earlier version of this
+course started it at the mean log-likelihood of the first sampled minibatch. This trains the
+profile's hard-attention model with each start for each seed (same data, everything else
+equal; one seed is not enough: a Shapes hard run's outcome swings with the seed, see
+hard_seeds.py), each in a folder of its own under data_root()/experiments/ (never the course's
+run), and scores both on the test split as notebook 07 does: greedy BLEU-4, the pointing game
+(noun phrase) and the mean entropy of α over the emitted words. Writes
+benchmarks/results/baseline_start.md (whose older tables call that start "seed code": the code
+the course grew from has no hard attention; the rule was this course's own). The seed column
+is the random seed. The package starts at 0 since the Shapes profile's run of this (λ_r =
+0.01, 24 epochs, seeds 0-3) scored better with it on every seed.
 
     python benchmarks/baseline_start.py [--profile shapes] [--epochs 8] [--seeds 0 1 2 3]
 """
@@ -33,22 +34,22 @@ RESULTS = Path(__file__).resolve().parent / "results" / "baseline_start.md"
 
 
 class FirstBatchStart(HardAttentionLoss):
-    """b starts at the mean log-likelihood of the first sampled minibatch (the seed's rule)."""
+    """b starts at the mean log-likelihood of the first sampled minibatch (the earlier rule)."""
 
     def __init__(self, profile):
         super().__init__(profile)
         self.baseline = None
 
-    def __call__(self, output, captions, lengths, profile, n_tokens=None):
+    def __call__(self, output, captions, lengths, n_tokens=None):
         if self.baseline is None and output.log_probs_of_samples is not None:
             log_p, _ = token_log_likelihood(output, captions, lengths)
             self.baseline = float(log_p.sum(1).detach().mean())
-        return super().__call__(output, captions, lengths, profile, n_tokens)
+        return super().__call__(output, captions, lengths, n_tokens)
 
 
 # The package's loss starts b at 0, as arctic-captions does: it is the other start.
-STARTS = {"0 (authors' code, the package)": HardAttentionLoss, "first batch's mean (seed code)":
-          FirstBatchStart}
+STARTS = {"0 (authors' code, the package)": HardAttentionLoss,
+          "first batch's mean (earlier rule)": FirstBatchStart}
 
 
 def score(profile, out: Path, log: pd.DataFrame) -> dict:

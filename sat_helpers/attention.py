@@ -116,8 +116,9 @@ class HardAttention(SoftAttention):
     (arctic-captions, capgen.py) does: its decoder for test captions, generate_caps.py, builds
     the sampler with ``sampling=False``, where stochastic attention uses α itself as the
     weights. In training it also uses α instead of the sample with probability 0.5
-    (``semi_sampling_p``, drawn once per minibatch; the paper, Sec. 4.1, says "for a given
-    image"): a trainer reproduces that by setting ``expected`` for half the batches.
+    (``expected_context_p``, drawn once per minibatch as capgen.py does; the paper, Sec. 4.1,
+    says "for a given image"): a trainer reproduces that by setting ``expected`` for half the
+    batches.
     """
 
     def __init__(self, enc_dim: int, dec_dim: int, att_dim: int):
@@ -143,8 +144,7 @@ class HardAttention(SoftAttention):
         _check_shapes(features, projected, query)
         log_alpha = self.scores(projected, query, mask).log_softmax(dim=-1)
         alpha = log_alpha.exp()
-        # 0 · log 0 = 0 at masked positions, without a NaN in the backward pass
-        entropy = -(alpha * log_alpha.masked_fill(alpha == 0, 0.0)).sum(-1)
+        entropy = attention_entropy(alpha, log_alpha)
         if self.expected or not self.training:
             return expected_context(features, alpha), alpha, None, entropy
         flat = alpha.detach().reshape(-1, alpha.shape[-1])
@@ -159,10 +159,11 @@ def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, lam: float = 1.0)
     alphas (B, T, P); lengths (B,) = the number of real (non-padding) steps of each row (for
     the decoder's alphas, the caption lengths minus one). It asks every position to receive,
     over the whole caption, a total attention of one: look at every part of the image at some
-    point. Eq. 14 sums over the P positions; like the seed, this averages over them, so one λ
-    means the same at any grid size (summed over a 14×14 grid the term is ≈ 180 for a
-    ten-word caption, sixty times the cross-entropy, and training only flattens attention).
-    Padding steps never add to the totals.
+    point. Padding steps never add to the totals. Eq. 14 sums over the P positions and adds
+    the sum to a caption's summed negative log-likelihood; this averages over the positions and
+    is added to the per-word mean cross-entropy, so one λ means the same at any grid size. In
+    eq. 14's units the package's λ is λ_paper · P / (words per caption): see
+    :func:`paper_lam_to_package`.
     """
     if alphas.dim() != 3 or lengths.shape != alphas.shape[:1]:
         raise ValueError(
@@ -173,3 +174,31 @@ def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, lam: float = 1.0)
     real = (steps.unsqueeze(0) < lengths.to(alphas.device).unsqueeze(1)).to(alphas.dtype)
     total = (alphas * real.unsqueeze(-1)).sum(dim=1)  # (B, P): attention each position got
     return lam * ((1.0 - total) ** 2).mean()
+
+
+def paper_lam_to_package(lam_paper: float, positions: int, words_per_caption: float) -> float:
+    """The package's λ for eq. 14's λ: λ_paper · P / (real target words per caption, <end> in).
+
+    Eq. 14 per caption, averaged over a batch of B captions with N target words in all, is
+    (1/B) Σ_n [NLL_n + λ_paper Σ_i (1 − Σ_t α_ti)²]; the package's loss is that times B/N,
+    whose penalty λ_paper (B/N) Σ_n Σ_i (…)² is λ · mean over (n, i) at λ = λ_paper · P · B/N.
+    """
+    return lam_paper * positions / words_per_caption
+
+
+def attention_entropy(alphas: Tensor, log_alphas: Tensor | None = None) -> Tensor:
+    """H[α] = −Σ_i α_i log α_i in nats over the last axis: 0 for one location, log P for uniform.
+
+    ``log_alphas``: log α when the caller has it (exact where α underflows to 0), else
+    log max(α, 1e-12). Either way 0 · log 0 = 0, with no NaN in the backward pass.
+    """
+    if log_alphas is None:
+        alphas = torch.as_tensor(alphas).float()
+        log_alphas = alphas.clamp_min(1e-12).log()
+    return -(alphas * log_alphas.masked_fill(alphas == 0, 0.0)).sum(-1)
+
+
+_METHODS = ("forward", "attend", "scores", "weights", "project")
+PLAIN = {cls: {name: getattr(cls, name) for name in _METHODS} for cls in (SoftAttention,
+                                                                          HardAttention)}
+"""The methods as shipped: :mod:`sat_helpers.fastcpu` runs only while these are the class's."""

@@ -59,59 +59,40 @@ def _fail(command: str, message: str) -> int:
     return 1
 
 
-def _caption_open(path: str):
-    """The RGB PIL image at ``path``; raises ValueError naming the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read it as an image ({err}); pass a JPEG or PNG "
-                         "file") from err
-
-
 def _caption(args: argparse.Namespace) -> int:
     """Caption image files with a trained checkpoint: one line per image, optional figures."""
     import torch
 
+    from .checkpoint import load_encoder, load_model, run_dir
     from .config import get_profile
-    from .data import Vocab
-    from .encoder import Encoder
-    from .evaluate import load_model
+    from .data import DatasetError, Vocab
+    from .images import annotation_vectors, image_tensor, model_view, open_image
     from .search import beam_search
-    from .train import run_dir
 
     if args.beam < 1:
         return _fail("caption", f"--beam must be at least 1, got {args.beam}")
     try:
-        images = [_caption_open(path) for path in args.images]
-    except ValueError as err:
+        images = [open_image(path)[0] for path in args.images]
+    except DatasetError as err:
         return _fail("caption", str(err))
     path = Path(args.checkpoint or run_dir(get_profile(args.profile), "soft") / "best.pt")
     try:
-        decoder, vocab, profile, _ = load_model(path)
+        decoder, vocab, profile, ckpt = load_model(path)
+        encoder = load_encoder(ckpt, profile)
     except (OSError, ValueError) as err:  # missing or unloadable checkpoint: say which
         return _fail("caption", str(err))
     if args.vocab:
         try:
             vocab = Vocab.load(args.vocab)
-        except Exception as err:  # noqa: BLE001
+        except (OSError, ValueError) as err:
             return _fail("caption", f"could not load vocabulary {args.vocab}: {err}")
-    if len(vocab) != decoder.config["vocab_size"]:
-        return _fail(
-            "caption", f"the vocabulary has {len(vocab)} entries but the model in {path} predicts "
-            f"{decoder.config['vocab_size']} words: use the vocabulary the model was trained "
-            "with (the one stored in its checkpoint)")
-    encoder = Encoder(profile.encoder, grid=profile.grid, image_size=profile.image_size).eval()
-    if encoder.channels != decoder.config["enc_dim"]:
-        return _fail("caption", f"the checkpoint's encoder {profile.encoder} gives "
-                     f"{encoder.channels}-d annotations but its decoder expects "
-                     f"{decoder.config['enc_dim']}")
-    with torch.no_grad():
-        feats = encoder(torch.stack([encoder.transform(image) for image in images]))
+    problem = _mismatch(path, vocab, decoder, encoder, profile)
+    if problem:
+        return _fail("caption", problem)
+    with torch.no_grad():  # each image as the datasets hold it, then as training encoded it
+        pixels = torch.stack([image_tensor(image, profile.image_size, profile.resize)
+                              for image in images])
+        feats = annotation_vectors(encoder, pixels)
     captions = beam_search(decoder.eval(), feats, args.beam, args.max_len or
                            profile.decode_max_len, vocab=vocab,
                            length_penalty=args.length_penalty)
@@ -123,18 +104,31 @@ def _caption(args: argparse.Namespace) -> int:
             out = Path(args.plot)
             if len(images) > 1:
                 out = out.with_name(f"{out.stem}_{Path(name).stem}{out.suffix}")
-            plot_attention(image, caption.words, caption.alphas).savefig(out, dpi=100)
+            shown = model_view(image, profile.resize)  # the part the model attended over
+            plot_attention(shown, caption.words, caption.alphas).savefig(out, dpi=100)
             print(f"  attention figure: {out}")
     return 0
+
+
+def _mismatch(path: Path, vocab, decoder, encoder, profile) -> str | None:
+    """What does not fit between a checkpoint's decoder, its vocabulary and its encoder."""
+    if len(vocab) != decoder.config["vocab_size"]:
+        return (f"the vocabulary has {len(vocab)} entries but the model in {path} predicts "
+                f"{decoder.config['vocab_size']} words: use the vocabulary the model was trained "
+                "with (the one stored in its checkpoint)")
+    if encoder.channels != decoder.config["enc_dim"]:
+        return (f"the checkpoint's encoder {profile.encoder} gives {encoder.channels}-d "
+                f"annotations but its decoder expects {decoder.config['enc_dim']}")
+    return None
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     """Caption a split with a checkpoint; print the first rows and the corpus metrics."""
     import pandas as pd
 
+    from .checkpoint import run_dir
     from .config import get_profile
     from .evaluate import TABLE_COLUMNS, evaluate
-    from .train import run_dir
 
     if args.beam < 1:
         return _fail("evaluate", f"--beam must be at least 1, got {args.beam}")

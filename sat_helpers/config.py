@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import InitVar, asdict, dataclass, replace
 from pathlib import Path
 
 GITHUB_REPO = "sat-course/show-attend-tell"
@@ -34,6 +34,7 @@ class Profile:
     shapes_test_fraction: float = 0.1
     # dataset preparation
     image_size: int = 224
+    resize: str = "squash"  # or "shorter_side_crop": how an image becomes S x S (images.py)
     min_word_freq: int = 1
     max_len: int = 20
     captions_per_image: int = 5
@@ -59,12 +60,23 @@ class Profile:
     lr: float = 1e-3
     encoder_lr: float = 1e-4
     grad_clip: float = 5.0
-    lam: float = 1.0  # doubly stochastic penalty of soft attention (paper Sec. 4.2.1)
+    # λ of soft attention's doubly stochastic penalty, λ · mean_i (1 − Σ_t α_ti)² against the
+    # per-word cross-entropy. Eq. 14 sums over the L positions against a caption's summed NLL,
+    # so eq. 14's λ_paper is λ = λ_paper · L / (words per caption) here (attention.
+    # paper_lam_to_package): λ_paper = 1 is λ ≈ 18 on a 14 x 14 grid with 11-word captions.
+    lam: float = 1.0
     hard_lam: float = 0.0  # the same penalty for hard attention: Sec. 4.1 has none
+    # λ_e, hard attention's entropy bonus per word. Eq. 12's λ_e (per caption, batch-averaged)
+    # is the same number; the authors' alpha_entropy_c = 0.002 (summed over the batch, no 1/B)
+    # is λ_e = 0.002 · batch_size (losses.authors_entropy_weight).
     entropy_weight: float = 0.01
-    baseline_decay: float = 0.9
-    semi_sampling_p: float = 0.5  # hard attention: P(a minibatch uses the expected context)
-    reinforce_weight: float = 1.0  # λ_r, the REINFORCE term's weight (paper Sec. 4.1)
+    baseline_decay: float = 0.9  # b's moving average, as in capgen.py (0.9)
+    expected_context_p: float = 0.5  # P(a hard minibatch uses the expected context Σ α_i a_i)
+    # λ_r, the REINFORCE term's weight, in eq. 12's units under either reward (losses.REWARDS):
+    # with "caption_sum" the reward is the caption's log-likelihood, as eq. 12 prints it; with
+    # "authors" it is capgen.py's per-word mean / 10 per caption, and λ_r = 1 is their rule.
+    reinforce_weight: float = 1.0
+    reinforce_reward: str = "caption_sum"
     epochs: int = 24  # the budget: fixed epochs give the same model on any machine
     train_minutes: float = 60.0  # a safety cap only, for very slow machines
     lr_decay: float = 0.8
@@ -82,10 +94,29 @@ class Profile:
     expect_pointing: float = 0.7
     expect_hard_over_soft: float = 0.8  # hard BLEU-4 >= this x soft's, sharper maps (0: no claim)
     ci_scale: bool = False  # the tests' scale: notebooks skip METEOR's Java start, timing asserts
+    semi_sampling_p: InitVar[None] = None  # renamed (RENAMED): only here to say what it became
+
+    def __post_init__(self, semi_sampling_p):
+        if semi_sampling_p is not None:
+            raise ValueError(renamed_message("semi_sampling_p"))
 
     def to_dict(self) -> dict:
         """The profile as plain data (for manifests and checkpoints)."""
         return asdict(self)
+
+
+RENAMED = {"semi_sampling_p": (
+    "expected_context_p",
+    "it was the probability that a hard-attention minibatch uses the expected context; the "
+    "authors' code (capgen.py) uses the name semi_sampling_p for the opposite, the probability "
+    "that a minibatch samples. expected_context_p = 1 - their semi_sampling_p")}
+"""Old profile field names, each with its new name and why it changed."""
+
+
+def renamed_message(old: str) -> str:
+    """The error a renamed profile field gives: what it became and why."""
+    new, why = RENAMED[old]
+    return f"Profile field {old!r} is now {new!r}: {why}."
 
 
 PROFILES: dict[str, Profile] = {
@@ -108,11 +139,13 @@ PROFILES: dict[str, Profile] = {
     ),
     # λ = 0 on Shapes: with λ = 1 its attention spread out and pointed at the named object
     # less often (noun phrase 0.74 vs 0.81 on the test split, beam 3; BLEU-4 the same).
-    # Hard attention: λ_r = 0.01 and λ_e = 0. At λ_r = 1 every seed captioned worse (the
-    # REINFORCE term's reward is a whole caption's log-likelihood, and its noise is all the
-    # attention hears in a sampled minibatch), and with the seed code's baseline start most
+    # Hard attention: λ_r = 0.01 with the summed reward ("caption_sum"), i.e. eq. 12's λ_r =
+    # 0.01, and λ_e = 0. At λ_r = 1 with that reward every seed captioned worse (the reward is
+    # a whole caption's log-likelihood, and its noise is all the attention hears in a sampled
+    # minibatch), and with the baseline started at the first sampled minibatch's mean most
     # seeds' α never left uniform. Measured over seeds, 24 epochs: benchmarks/hard_seeds.py,
-    # benchmarks/results/hard_seeds-*.md.
+    # benchmarks/results/hard_seeds-*.md (which also runs the authors' rule, λ_r = 1 with
+    # reinforce_reward="authors" and λ_e = 0.002 · batch_size).
     "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0),
     # 224 px: the dilated ResNet-101's map is a true 14 x 14 (stride 16), never pooled up
     "flickr8k": Profile(
@@ -147,6 +180,25 @@ PROFILES["photos_quick"] = replace(
     max_len=20, embed_dim=32, att_dim=32, dec_dim=64, batch_size=16, lr=3e-3, epochs=2,
     train_minutes=5.0, num_workers=0, feature_batch_size=8, decode_max_len=12,
     expect_bleu4=0.0, ci_scale=True)
+# The paper's setup on Flickr8k (Xu et al. 2015, Sec. 4-5): VGG-19 conv5_4 (14 x 14 x 512,
+# frozen), each image's shorter side resized to 224 and the centre cropped. The paper gives no
+# layer sizes: 512 (word embedding), 512 (attention) and 1800 (LSTM) are the authors' example
+# script's (arctic-captions evaluate_coco.py; capgen.train's own defaults are 100/512/1000), as
+# are the minibatch of 64, Adam at 2e-4 (their optimizers.adam's fixed step) and dropout. Their
+# alpha_c = 1 (summed over the batch, averaged over positions) is λ = alpha_c · B / (words per
+# caption) here, ≈ 5 on Flickr8k's ≈ 12-word captions (attention.paper_lam_to_package). Their
+# 10,000-word vocabulary keeps every word of Flickr8k's training captions, as a minimum count
+# of 1 does. Differences that remain: docs/departures.md. Evaluation reports BLEU with and
+# without the brevity penalty (the paper's Table 1 is without).
+PROFILES["paper"] = replace(
+    PROFILES["flickr8k"], name="paper", encoder="vgg19", grid=14, image_size=224,
+    resize="shorter_side_crop", fine_tune=False, min_word_freq=1, embed_dim=512, att_dim=512,
+    dec_dim=1800, batch_size=64, lr=2e-4, dropout=0.5, lam=5.0)
+# The paper profile's code path (VGG-19, centre crops, its decoder) at photos_quick's toy sizes.
+PROFILES["paper_quick"] = replace(
+    PROFILES["paper"], name="paper_quick", image_size=64, grid=4, max_len=20, embed_dim=32,
+    att_dim=32, dec_dim=64, batch_size=16, lr=3e-3, epochs=2, train_minutes=5.0,
+    num_workers=0, feature_batch_size=8, decode_max_len=12, expect_bleu4=0.0, ci_scale=True)
 PROFILES["flickr30k"] = replace(PROFILES["flickr8k"], name="flickr30k", dataset="flickr30k")
 PROFILES["coco"] = replace(PROFILES["flickr8k"], name="coco", dataset="coco", expect_bleu4=0.2,
                            feature_cache=False)
@@ -164,6 +216,9 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
             f"Valid profiles: {', '.join(PROFILES)}."
         )
     profile = PROFILES[name]
+    renamed = sorted(set(overrides) & set(RENAMED))
+    if renamed:
+        raise ValueError(renamed_message(renamed[0]))
     unknown = set(overrides) - set(profile.to_dict())
     if unknown:
         raise ValueError(
@@ -172,11 +227,11 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
 
 
 DATA_FIELDS = ("dataset", "shapes_images", "shapes_seed", "shapes_val_fraction",
-               "shapes_test_fraction", "image_size", "min_word_freq", "max_len",
+               "shapes_test_fraction", "image_size", "resize", "min_word_freq", "max_len",
                "captions_per_image", "data_seed")
 """The fields a prepared dataset (and so its feature cache) depends on; not ``seed``."""
-HARD_ONLY_FIELDS = ("hard_lam", "entropy_weight", "baseline_decay", "semi_sampling_p",
-                    "reinforce_weight")
+HARD_ONLY_FIELDS = ("hard_lam", "entropy_weight", "baseline_decay", "expected_context_p",
+                    "reinforce_weight", "reinforce_reward")
 """Fields only hard-attention training reads: they never reach a soft run's key."""
 SOFT_ONLY_FIELDS = ("lam",)
 """Fields only soft-attention training reads: they never reach a hard run's key."""

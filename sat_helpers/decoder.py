@@ -7,9 +7,10 @@ every image (and beam). Only the projection of the annotation vectors, W_a a_i +
 moved out of the time loop: it does not depend on t, so it is computed once per image.
 
 Decoding on the CPU (eval mode, no autograd, float32) runs the same equations through
-faster kernels, behind one seam: :mod:`sat_helpers.fastcpu` (``init_state`` asks it for
-the step's re-laid-out weights, ``step`` hands over to it when the state carries them). On
-CUDA, with autograd, or in another dtype, the step below is what runs.
+faster kernels, behind one seam: ``step`` hands over to :mod:`sat_helpers.fastcpu` only
+when the decoder is this class as shipped (no subclass, no patched method or layer), so a
+learner's change reaches every search. On CUDA, with autograd, or in another dtype, the
+step below is what runs.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ class DecoderState(NamedTuple):
     c: Tensor
     features: Tensor  # (B, P, E), shared by the k beams of an image
     projected: Tensor  # (B, P, A) = W_a a + b, computed once per image
-    weights: dict | None = None  # the step's weights for sat_helpers.fastcpu (CPU decoding)
 
     def expand(self, k: int) -> DecoderState:
         """k copies of each image's LSTM state, (B, D) -> (B, k, D); annotations stay shared."""
@@ -99,6 +99,8 @@ class AttentionDecoder(nn.Module):
         attention_class = SoftAttention if attention == "soft" else HardAttention
         self.attention = attention_class(enc_dim, dec_dim, att_dim)
         self.embedding = nn.Embedding(vocab_size, embed_dim)  # E
+        with torch.no_grad():  # N(0, 0.01²), the authors' init (capgen.py norm_weight, scale
+            self.embedding.weight.mul_(0.01)  # 0.01): E y feeds the deep output's tanh unsaturated
         self.init_h = nn.Linear(enc_dim, dec_dim)  # f_init,h of the mean annotation
         self.init_c = nn.Linear(enc_dim, dec_dim)  # f_init,c
         self.gate_dim = {"scalar": 1, "vector": enc_dim, None: 0}[gate]
@@ -147,13 +149,9 @@ class AttentionDecoder(nn.Module):
 
     # -- public API -------------------------------------------------------------------------
     def init_state(self, features: Tensor) -> DecoderState:
-        """h_0, c_0 from the mean annotation vector; the annotations' projection, once.
-
-        Decoding on the CPU (no autograd, float32), the state also carries the step's weights
-        for :mod:`sat_helpers.fastcpu`.
-        """
+        """h_0, c_0 from the mean annotation vector; the annotations' projection, once."""
         h, c, projected = self._initial(features)
-        return DecoderState(h, c, features, projected, fastcpu.prepare(self, features))
+        return DecoderState(h, c, features, projected)
 
     def step(self, state: DecoderState, prev_tokens: Tensor) -> tuple[Tensor, Tensor, DecoderState]:
         """One word: log p(y_t | y_<t, a) (..., V), α_t (..., P) and the next state."""
@@ -203,3 +201,7 @@ class AttentionDecoder(nn.Module):
             unpack([o.sample_log_prob for o in outs]),
             unpack([o.entropy for o in outs]),
         )
+
+
+PLAIN = {name: AttentionDecoder.__dict__[name] for name in ("advance", "_initial", "step")}
+"""The methods as shipped: :mod:`sat_helpers.fastcpu` runs only while these are the class's."""

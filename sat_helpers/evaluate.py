@@ -1,16 +1,16 @@
 """Evaluate a trained model on a split: one row per image and the corpus metrics of the papers.
 
 ``evaluate(checkpoint_or_model, split, beam_size)`` captions every image of the split (all
-images through the search in chunks), then scores the captions: corpus BLEU-1..4 always
-(``metrics.bleu_scores``), METEOR, ROUGE-L and CIDEr when the COCO caption toolkit and Java
-are there (``metrics.coco_scores``), and, on data whose images know their objects (Shapes),
-the pointing game with its centre and uniform baselines. The per-image table keeps each
-``Caption`` (words and attention maps) so a notebook can draw it without decoding again.
+images through the search in chunks), then scores the captions: corpus BLEU-1..4 always, with
+and without the brevity penalty (``metrics.bleu_scores``), METEOR, ROUGE-L and CIDEr when the
+COCO caption toolkit and Java are there (``metrics.coco_scores``), and, on data whose images
+know their objects (Shapes), the pointing game with its centre and uniform baselines. The
+per-image table keeps each ``Caption`` (words and attention maps) so a notebook can draw it
+without decoding again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from collections.abc import Iterator
@@ -22,10 +22,18 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checkpoint import (  # noqa: F401 - CheckpointError, profile_from_dict re-exported
+    CheckpointError,
+    load_encoder,
+    load_model,
+    profile_from_dict,
+)
 from .config import Profile
-from .data import CaptionDataset, Vocab, ensure_dataset
+from .data import CaptionDataset, Vocab, dataset_hash, ensure_dataset
 from .decoder import AttentionDecoder
-from .encoder import Encoder, FeatureDataset, dataset_hash, ensure_features
+from .encoder import Encoder
+from .features import FeatureDataset, ensure_features
+from .images import annotation_vectors
 from .metrics import (
     CocoToolkitMissing,
     bleu_scores,
@@ -35,7 +43,6 @@ from .metrics import (
     scale_objects,
 )
 from .search import Caption, beam_search, greedy_search
-from .train import load_checkpoint
 
 POINTING_NAMES = {"pointing_phrase": "pointing_noun_phrase",
                   "pointing_shape": "pointing_shape_word",
@@ -49,52 +56,10 @@ TABLE_COLUMNS = ["id", "hypothesis", "bleu1", "bleu4", "named_objects", "phrase_
 """The columns worth printing (the table also has references, log_prob, objects, caption)."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and what to do."""
-
-
 @functools.cache
 def _say_once(message: str) -> None:
     """Print a note the first time it comes up in this process only."""
     print(message)
-
-
-def profile_from_dict(fields: dict) -> Profile:
-    """The Profile a checkpoint stored as plain data (fields unknown to this version dropped)."""
-    known = {f.name for f in dataclasses.fields(Profile)}
-    return Profile(**{k: v for k, v in fields.items() if k in known})
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[AttentionDecoder, Vocab, Profile,
-                                                                dict]:
-    """(decoder, vocabulary, profile, checkpoint dict) of a best.pt/last.pt written by training."""
-    path = Path(path)
-    try:
-        decoder, vocab, ckpt = load_checkpoint(path, device)
-    except FileNotFoundError:
-        raise
-    except KeyError as err:
-        raise CheckpointError(f"Could not load checkpoint {path}: it has no {err} entry; is it "
-                              "a best.pt/last.pt written by `sat train`?") from err
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise CheckpointError(f"Could not load checkpoint {path} ({type(err).__name__}: "
-                              f"{err}); is it a best.pt/last.pt written by `sat train`?") from err
-    if "profile" not in ckpt:
-        raise CheckpointError(f"Checkpoint {path} stores no profile: pass profile= (or "
-                              "--profile) with the profile it was trained with.")
-    return decoder, vocab, profile_from_dict(ckpt["profile"]), ckpt
-
-
-def fine_tuned_encoder(ckpt: dict, profile: Profile, device: str) -> Encoder:
-    """The encoder a fine-tuning run trained, rebuilt from its checkpoint's weights."""
-    if ckpt.get("encoder") is None:
-        raise CheckpointError(f"Profile {profile.name!r} fine-tunes the encoder but the "
-                              "checkpoint holds no encoder weights; evaluate the checkpoint of "
-                              "that fine-tuning run.")
-    encoder = Encoder(profile.encoder, pretrained=False, grid=profile.grid,
-                      fine_tune=profile.fine_tune, image_size=profile.image_size)
-    encoder.load_state_dict(ckpt["encoder"])
-    return encoder.to(device).eval()
 
 
 def split_annotations(profile: Profile, split: str, batch_size: int, device: str,
@@ -117,7 +82,7 @@ def split_annotations(profile: Profile, split: str, batch_size: int, device: str
             else:
                 with torch.no_grad():
                     images = torch.from_numpy(block).to(device).permute(0, 3, 1, 2)
-                    yield encoder(encoder.preprocess(images))
+                    yield annotation_vectors(encoder, images)
 
     return data.meta, chunks()
 
@@ -166,8 +131,11 @@ def pointing_records(table: pd.DataFrame, profile: Profile) -> pd.DataFrame:
 
 
 def _corpus_scores(references: list, hypotheses: list, coco: bool, meteor: bool) -> dict:
-    """BLEU-1..4 (nltk) and, when the toolkit is there, METEOR, ROUGE-L and CIDEr."""
+    """BLEU-1..4 (nltk) with and without the brevity penalty (the paper's Table 1 is without:
+    "BLEU-n (no BP)") and, when the toolkit is there, METEOR, ROUGE-L and CIDEr."""
     scores = dict(bleu_scores(references, hypotheses))
+    no_bp = bleu_scores(references, hypotheses, with_brevity_penalty=False)
+    scores.update({f"{k} (no BP)": v for k, v in no_bp.items()})
     if coco:
         try:
             extra = coco_scores(references, hypotheses, meteor=meteor)
@@ -218,7 +186,7 @@ def _resolve(checkpoint_or_model: str | Path | tuple[AttentionDecoder, Vocab],
         decoder, vocab, stored, ckpt = load_model(checkpoint_or_model, device)
         profile = profile or stored
         if profile.fine_tune and encoder is None:
-            encoder = fine_tuned_encoder(ckpt, profile, device)
+            encoder = load_encoder(ckpt, profile, device)
         if ckpt.get("dataset_hash") not in (None, dataset_hash(ensure_dataset(profile))):
             warnings.warn(f"The {profile.name!r} dataset was rebuilt after this model was "
                           "trained: the scores are on the current split.", stacklevel=3)

@@ -1,17 +1,23 @@
 """Decoding on the CPU, faster: the equations of ``AttentionDecoder.advance``, other kernels.
 
 Used only when decoding on the CPU: float32, no autograd, the decoder in eval mode (so no
-dropout, and hard attention takes the expected context). ``AttentionDecoder.init_state``
-asks :func:`prepare` for the step's weights, and ``AttentionDecoder.step`` hands over to
-:func:`step` when :func:`applies`; everywhere else (CUDA, training, float16/64) the plain
-step runs. Three things make this one faster, none of which changes what it computes
+dropout, and hard attention takes the expected context), and only for the package's own
+decoder: ``AttentionDecoder.step`` hands over to :func:`step` when :func:`applies`, which
+also asks that the decoder is an ``AttentionDecoder`` (not a subclass), its attention a
+``SoftAttention`` or ``HardAttention``, every other layer a plain ``nn.Linear``/``Embedding``/
+``Dropout`` without hooks, and no method of theirs replaced on the class or the instance. A
+learner's change (a subclass, a patched method, another layer) so reaches every search: the
+plain step runs it. Everywhere else (CUDA, training, float16/64) the plain step runs too.
+The step's weights are laid out once per decoder and kept until a parameter changes.
+Three things make this one faster, none of which changes what it computes
 (``tests/test_fastcpu.py`` checks the step outputs and the captions are the same):
 
 1. **Packed weights.** A decoding step multiplies few rows (k beams of a few images) by
    large matrices, and for few rows torch's default float32 kernel (MKL) is slow on some
    CPUs: on the AMD EPYC we measure on, the 10 000-word output layer took 2.8 ms for 5
-   rows and 0.3 ms through oneDNN with its weight re-laid out once per search
-   (``torch.ops.mkldnn``; a build without oneDNN gets ``F.linear`` on the same weights).
+   rows and 0.3 ms through oneDNN with its weight re-laid out once
+   (``torch.ops.mkldnn``, private ops: used only when :func:`onednn_works` finds them
+   working, else ``F.linear`` on the same weights).
 2. **One product for h_{t-1}.** W_h h, f_β(h) and the LSTM's recurrent part read the same
    h_{t-1}: they are one matrix, split after the product.
 3. **Attention scores in cache-sized blocks, tanh as a sigmoid.** The (B, k, P, A) tanh
@@ -26,12 +32,17 @@ Set ``sat_helpers.fastcpu.ENABLED = False`` to decode with the plain step on the
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from .attention import expected_context
+from . import attention
+from . import decoder as decoder_module
+
+PLAIN_LAYERS = (nn.Linear, nn.Embedding, nn.Dropout)
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder -> (key, weights)
 
 ENABLED = True  # decode on the CPU with this module's kernels (module docstring)
 _BLOCK_ELEMENTS = 1 << 19  # floats per block of attention scores (2 MB)
@@ -80,21 +91,42 @@ def step_weights(decoder) -> Weights:
             for name, (w, b) in weights.items()}
 
 
-def prepare(decoder, features: Tensor) -> Weights | None:
-    """The step's weights (packed when oneDNN works) when decoding float32 on the CPU, else None."""
-    decoding_on_cpu = (
-        ENABLED and not torch.is_grad_enabled() and features.device.type == "cpu"
-        and features.dtype == decoder.L_o.weight.dtype == torch.float32
-    )
-    if not decoding_on_cpu:
-        return None
-    weights = step_weights(decoder)
-    return _pack(weights) if onednn_works() else weights
+def _own(module: nn.Module, originals: dict) -> bool:
+    """Whether ``module`` runs the methods its class shipped with: none patched or replaced."""
+    cls = type(module)
+    return all(getattr(cls, name) is fn and name not in vars(module)
+               for name, fn in originals.items())
 
 
-def applies(decoder, state) -> bool:
-    """Whether ``state`` can take this module's step: prepared weights, eval mode, no autograd."""
-    return state.weights is not None and not decoder.training and not torch.is_grad_enabled()
+def is_package_decoder(decoder: nn.Module) -> bool:
+    """Whether this step computes exactly what ``decoder``'s own step would (module docstring)."""
+    att = decoder.attention
+    if type(decoder) is not decoder_module.AttentionDecoder or type(att) not in attention.PLAIN:
+        return False
+    if not (_own(decoder, decoder_module.PLAIN) and _own(att, attention.PLAIN[type(att)])):
+        return False
+    layers = [m for m in decoder.modules() if m is not decoder and m is not att]
+    return all(type(m) in PLAIN_LAYERS and not (m._forward_hooks or m._forward_pre_hooks)
+               for m in layers) and not (decoder._forward_hooks or att._forward_hooks)
+
+
+def applies(decoder: nn.Module, state) -> bool:
+    """Whether this module's step may run: the package's decoder decoding float32 on the CPU."""
+    return (ENABLED and not decoder.training and not torch.is_grad_enabled()
+            and state.features.device.type == "cpu"
+            and state.features.dtype == decoder.L_o.weight.dtype == torch.float32
+            and is_package_decoder(decoder))
+
+
+def prepared_weights(decoder: nn.Module) -> Weights:
+    """The step's weights (packed when oneDNN works), kept until a parameter of it changes."""
+    key = tuple((p.data_ptr(), p._version) for p in decoder.parameters())
+    cached = _CACHE.get(decoder)
+    if cached is None or cached[0] != key:
+        weights = step_weights(decoder)
+        cached = (key, _pack(weights) if onednn_works() else weights)
+        _CACHE[decoder] = cached
+    return cached[1]
 
 
 def attention_scores(projected: Tensor, query: Tensor, w: Tensor) -> Tensor:
@@ -112,7 +144,7 @@ def attention_scores(projected: Tensor, query: Tensor, w: Tensor) -> Tensor:
 
 def step(decoder, state, prev_tokens: Tensor) -> tuple[Tensor, Tensor, object]:
     """``AttentionDecoder.step`` through the prepared weights: (log p, α, next state)."""
-    weights, h = state.weights, state.h
+    weights, h = prepared_weights(decoder), state.h
     beams = h.dim() == 3
     if not beams:  # one row per image: (B, 1, ·) for the attention, as k = 1 beams
         h, c, prev_tokens = h.unsqueeze(1), state.c.unsqueeze(1), prev_tokens.unsqueeze(1)
@@ -123,13 +155,11 @@ def step(decoder, state, prev_tokens: Tensor) -> tuple[Tensor, Tensor, object]:
         [decoder.config["att_dim"], decoder.gate_dim, decoder.lstm_hh.out_features], -1)
     w = decoder.attention.w.weight.squeeze(0)
     alpha = attention_scores(state.projected, query, w).softmax(-1)  # eq. 4, 5
-    z = expected_context(state.features, alpha)  # eq. 6 (eval mode: the expectation)
+    z = attention.expected_context(state.features, alpha)  # eq. 6 (eval mode: the expectation)
     if decoder.gate_dim:
         z = torch.sigmoid(gate_logit) * z  # β_t ẑ_t
     gates = linear(Ey, *weights["lstm_emb"]) + hh + linear(z, *weights["lstm_ctx"])  # eq. 1
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # eq. 2
-    h = torch.sigmoid(o) * torch.tanh(c)  # eq. 3
+    h, c = decoder_module.lstm_update(gates, c)  # eq. 2-3
     out = h
     if "L_h" in weights:
         out = torch.tanh(Ey + linear(h, *weights["L_h"]) + linear(z, *weights["L_z"]))  # eq. 7

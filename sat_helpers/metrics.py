@@ -3,10 +3,10 @@
 BLEU here is the one the COCO caption toolkit (coco-caption, ``pycocoevalcap``) computes:
 corpus-level, modified (clipped) n-gram precisions combined by a geometric mean, no smoothing,
 times the brevity penalty from the reference length closest to each hypothesis. Xu et al.
-(2015, Sec. 5.2) report BLEU without a brevity penalty, so their numbers are upper bounds of
-this one's; ``bleu_counts`` gives the totals to compute either. ``bleu_scores`` needs only
-nltk; ``coco_scores`` adds METEOR, ROUGE-L and CIDEr through ``pycocoevalcap`` (the ``coco``
-extra, which needs Java).
+(2015, Table 1) report BLEU without a brevity penalty, so their numbers are upper bounds of
+this one's; ``bleu_scores(..., with_brevity_penalty=False)`` computes theirs. ``bleu_scores``
+needs only nltk; ``coco_scores`` adds METEOR, ROUGE-L and CIDEr through ``pycocoevalcap`` (the
+``coco`` extra, which needs Java).
 
 The pointing game asks, for every object a generated caption names, whether the attention of
 the words naming it peaks inside the object's box (the Shapes dataset knows every box).
@@ -84,17 +84,18 @@ def bleu_counts(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tok
     return {"matches": matches, "totals": totals, "hyp_len": hyp_len, "ref_len": ref_len}
 
 
-def bleu_scores(references: Sequence[Sequence[Tokens]],
-                hypotheses: Sequence[Tokens]) -> dict[str, float]:
+def bleu_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens], *,
+                with_brevity_penalty: bool = True) -> dict[str, float]:
     """Corpus BLEU-1..4 on token lists, as the COCO toolkit computes it (no smoothing).
 
     BLEU-n = BP · (p_1 ··· p_n)^(1/n), p_k = clipped k-gram matches / k-grams over the corpus,
     BP = min(1, exp(1 - r/c)) with r the sum of the reference lengths closest to each
     hypothesis and c the hypotheses' length. Unlike nltk's ``corpus_bleu``, a hypothesis
     shorter than k adds no k-grams (nltk counts one, which lowers BLEU-3/4 of short captions).
+    ``with_brevity_penalty=False`` leaves BP out (BP = 1), as the paper's Table 1 does.
     """
     counts = bleu_counts(references, hypotheses)
-    bp = brevity_penalty(counts["ref_len"], counts["hyp_len"])
+    bp = brevity_penalty(counts["ref_len"], counts["hyp_len"]) if with_brevity_penalty else 1.0
     scores, log_sum = {}, 0.0
     pairs = zip(counts["matches"], counts["totals"], strict=True)
     for n, (match, total) in enumerate(pairs, start=1):

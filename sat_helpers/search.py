@@ -192,17 +192,9 @@ def best_extensions(scores: Tensor, log_probs: Tensor, n: int) -> tuple[Tensor, 
     return top_scores, top_ids // vocab_size, top_ids % vocab_size
 
 
-def beam_search(
-    decoder,
-    features: Tensor,
-    beam_size: int,
-    max_len: int,
-    *,
-    vocab,
-    length_penalty: float = 0.0,
-    return_all: bool = False,
-    allow_unk: bool = False,
-) -> list[Caption] | list[list[Caption]]:
+def beam_search(decoder, features: Tensor, beam_size: int, max_len: int, *, vocab,
+                length_penalty: float = 0.0, return_all: bool = False,
+                allow_unk: bool = False) -> list[Caption] | list[list[Caption]]:
     """Beam search over all images and beams at once: B·k rows per step, features once per image.
 
     Returns the best Caption per image, ranked by :func:`length_normalised` score (plain
@@ -234,13 +226,8 @@ def beam_search(
             is_end = token == vocab.end_id
             to_finish = is_end & top_scores.isfinite()
             to_finish[:, k:] = False  # only an <end> among the k best finishes a hypothesis
-            for row, j in to_finish.nonzero().tolist():
-                image, b = int(live[row]), int(beam[row, j])
-                score = float(top_scores[row, j])
-                caption = _caption(history[row, b].tolist(), score, maps[row, b], vocab, True)
-                norm = float(length_normalised(score, t, length_penalty))
-                finished[image].append((False, -norm, caption))
-                best_done[image] = max(float(best_done[image]), norm)
+            _add_finished(finished, best_done, to_finish, live, beam, top_scores, history, maps,
+                          vocab, t, length_penalty)
             if t > max_len:  # max_len words: an <end> could still come, another word not
                 _add_truncated(finished, live, scores, history, maps[:, :, :-1], vocab,
                                length_penalty)
@@ -264,6 +251,18 @@ def beam_search(
                     break
     ranked = [[c for *_, c in sorted(hyps, key=lambda h: h[:2])][:k] for hyps in finished]
     return ranked if return_all else [hyps[0] for hyps in ranked]
+
+
+def _add_finished(finished, best_done, to_finish, live, beam, top_scores, history, maps, vocab,
+                  t: int, length_penalty: float) -> None:
+    """Record the hypotheses whose <end> is among the k best of this step (t tokens emitted)."""
+    for row, j in to_finish.nonzero().tolist():
+        image, b = int(live[row]), int(beam[row, j])
+        score = float(top_scores[row, j])
+        caption = _caption(history[row, b].tolist(), score, maps[row, b], vocab, True)
+        norm = float(length_normalised(score, t, length_penalty))
+        finished[image].append((False, -norm, caption))
+        best_done[image] = max(float(best_done[image]), norm)
 
 
 def _like(beam: Tensor, x: Tensor) -> Tensor:

@@ -18,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .captions import DatasetError
+from .images import annotation_vectors, image_tensor, model_view, open_image, to_rgb
+from .metrics import upsample_attention
 from .search import Caption, beam_search
 
 
 def image_array(image) -> np.ndarray:
     """A PIL image, (H, W, 3) array or (3, H, W) tensor as float (H, W, 3) RGB in [0, 1]."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(to_rgb(image))
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         image = (image.permute(1, 2, 0) if image.shape[0] in (1, 3) else image).numpy()
@@ -61,8 +64,7 @@ def attention_maps(alphas, size: tuple[int, int], smooth: bool = True) -> np.nda
     grid = math.isqrt(alphas.shape[-1])
     if grid * grid != alphas.shape[-1]:
         raise ValueError(f"attention has {alphas.shape[-1]} positions, not a square grid")
-    maps = F.interpolate(alphas.view(-1, 1, grid, grid), size=size, mode="bilinear",
-                         align_corners=False)
+    maps = torch.from_numpy(upsample_attention(alphas, grid, tuple(size))).float().unsqueeze(1)
     if smooth:
         maps = _gaussian_blur(maps, sigma=0.5 * max(size) / grid)
     maps = maps.squeeze(1)
@@ -166,14 +168,14 @@ class Explorer:
 
     def features(self, name: str) -> torch.Tensor:
         """The annotation vectors (1, P, C) of one image, computed once."""
-        if name not in self._features:
-            image = self.images[name]
-            pil = image if isinstance(image, Image.Image) else Image.fromarray(
-                (image_array(image) * 255).round().astype(np.uint8))
-            param = next(self.decoder.parameters())
-            x = self.encoder.transform(pil.convert("RGB")).unsqueeze(0).to(param.device)
+        if name not in self._features:  # the image as the datasets hold it, encoded as in training
+            param, image = next(self.decoder.parameters()), self.images[name]
+            if isinstance(image, np.ndarray) and image.dtype != np.uint8:
+                image = (image_array(image) * 255).round().astype(np.uint8)
+            pixels = image_tensor(image, self.encoder.input_size, self.encoder.resize)
             with torch.no_grad():
-                self._features[name] = self.encoder.eval()(x).to(param.dtype)
+                features = annotation_vectors(self.encoder.eval(), pixels[None].to(param.device))
+            self._features[name] = features.to(param.dtype)
         return self._features[name]
 
     def recaption(self) -> None:
@@ -199,7 +201,10 @@ class Explorer:
         self.text.value = (f"<p style='font-size:1.2em'>{' '.join(shown)}</p>"
                            f"<small>beam {self.beam.value}, log p = {self.caption.score:.2f}"
                            "</small>")
-        img = image_array(self.images[self.choose.value])
+        img = self.images[self.choose.value]
+        if isinstance(img, Image.Image):  # a file's image: the part the model attended over
+            img = model_view(img, self.encoder.resize)
+        img = image_array(img)
         heat = attention_maps(self.caption.alphas[i], img.shape[:2], self.smooth)[0]
         self.picture.value = _png(overlay(img, heat), self.width)
 
@@ -208,13 +213,11 @@ class Explorer:
         errors = []
         for name, content in uploaded_files(value):
             try:
-                image = Image.open(io.BytesIO(content))
-                image.load()
-            except Exception as err:  # noqa: BLE001 - any unreadable upload is reported, not raised
-                errors.append(f"{name}: not an image this can read ({type(err).__name__}); "
-                              "try a JPEG or PNG file")
+                image, _ = open_image(content, name=name)  # EXIF orientation applied
+            except DatasetError as err:
+                errors.append(str(err))
                 continue
-            self.images[name] = image.convert("RGB")
+            self.images[name] = image
             self.choose.options = list(self.images)
             self.choose.value = name
         self.status.value = "<br>".join(f"<span style='color:#b00'>{e}</span>" for e in errors)
@@ -226,8 +229,10 @@ def explore(decoder, vocab, encoder, images: Mapping | Sequence = (), *, max_len
     """An ipywidgets attention explorer: choose or upload an image, set the beam, slide over words.
 
     ``images``: a mapping name -> image, or a sequence of images (PIL, (H, W, 3) arrays or
-    uint8 (3, H, W) tensors); ``encoder`` turns a PIL image into annotation vectors through
-    ``encoder.transform`` and its forward pass. Put the returned Explorer last in a cell.
+    uint8 (3, H, W) tensors); ``encoder``, the run's (``checkpoint.load_encoder``), turns each,
+    made square at its ``input_size`` as the datasets are (its ``resize``), into annotation
+    vectors. Put the
+    returned Explorer last in a cell.
     """
     if not isinstance(images, Mapping):
         images = {f"image {i}": image for i, image in enumerate(images)}

@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from sat_helpers.attention import HardAttention, SoftAttention, doubly_stochastic_penalty
+from sat_helpers.attention import (
+    HardAttention,
+    SoftAttention,
+    doubly_stochastic_penalty,
+    paper_lam_to_package,
+)
 
 B, P, E, D, A = 3, 7, 5, 4, 6
 
@@ -318,3 +323,17 @@ def test_penalty_refuses_wrong_shapes():
     with pytest.raises(ValueError, match="lengths"):
         doubly_stochastic_penalty(torch.rand(2, 3, 4), torch.tensor([3, 3, 3]))
 
+
+
+def test_paper_lambda_in_the_package_units():
+    """Eq. 14 per caption, batch-averaged, times B/N is the package's penalty at the converted λ."""
+    g = torch.Generator().manual_seed(0)
+    alphas = torch.randn(3, 5, 6, generator=g).softmax(-1)  # B = 3, T = 5, P = 6
+    lengths = torch.tensor([5, 2, 4])
+    real = (torch.arange(5) < lengths[:, None]).float()
+    totals = (alphas * real[..., None]).sum(1)
+    lam_paper, n_words = 0.7, float(lengths.sum())
+    eq14 = lam_paper * ((1 - totals) ** 2).sum(1).mean()  # Σ over positions, mean over captions
+    lam = paper_lam_to_package(lam_paper, positions=6, words_per_caption=n_words / 3)
+    package = doubly_stochastic_penalty(alphas, lengths, lam)
+    assert package.item() == pytest.approx(eq14.item() * 3 / n_words)

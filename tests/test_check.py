@@ -133,7 +133,8 @@ def test_vocabulary(capsys):
     fails(check.vocabulary, lambda c, m: ["<pad>", *vocabulary_words(c, m)], "specials")
     fails(check.vocabulary, lambda c, m: vocabulary_words(c, m, per_caption=True),
           "counted the captions that contain each word", "every occurrence")
-    cheats(check.vocabulary, lambda c, m: Vocab.build(c, m).words, "sat_helpers.data.Vocab.build")
+    cheats(check.vocabulary, lambda c, m: Vocab.build(c, m).words,
+           "sat_helpers.captions.Vocab.build")
 
 
 def encode_row(tokens, vocab, max_len, unknown=True, pad=True):
@@ -147,9 +148,9 @@ def test_encode(capsys):
     fails(check.encode, lambda t, v, m: encode_row(t, v, m, pad=False), "max_len + 2")
     fails(check.encode, lambda t, v, m: encode_row(t, v, m, unknown=False),
           "'purple' is not in the vocabulary", "<unk>")
-    cheats(check.encode, encode_caption, "sat_helpers.data.encode_caption")
+    cheats(check.encode, encode_caption, "sat_helpers.captions.encode_caption")
     cheats(check.encode, lambda t, v, m: [v.start_id, *v.encode(t), v.end_id]
-           + [0] * (m - len(t)), "sat_helpers.data.Vocab.encode")
+           + [0] * (m - len(t)), "sat_helpers.captions.Vocab.encode")
 
 
 # -------------------------------------------------------------- 02
@@ -296,7 +297,7 @@ def test_loss(capsys):
     from sat_helpers.decoder import DecoderOutput
     cheats(check.loss, lambda s, a, c, n, lam: caption_loss(DecoderOutput(s, a, None, None), c, n,
                                                              SimpleNamespace(lam=lam))[0],
-           "sat_helpers.train.caption_loss")
+           "sat_helpers.losses.caption_loss")
 
 
 # -------------------------------------------------------------- 05
@@ -454,7 +455,7 @@ def test_surrogate(capsys):
     fails(check.surrogate, lambda ll, lp, b: term(ll, lp, b).detach(), "no gradient")
     fails(check.surrogate, lambda ll, lp, b: term(ll, lp, b, detach_reward=False),
           "still in the term's graph", "detach it")
-    cheats(check.surrogate, reinforce_surrogate, "sat_helpers.hard.reinforce_surrogate")
+    cheats(check.surrogate, reinforce_surrogate, "sat_helpers.losses.reinforce_surrogate")
 
 
 def test_entropy(capsys):
@@ -462,7 +463,7 @@ def test_entropy(capsys):
     fails(check.entropy, lambda a: -(a * a.log()).sum(-1), "one-hot", "NaN")
     fails(check.entropy, lambda a: -(a * a.clamp_min(1e-12).log2()).sum(-1), "bits")
     fails(check.entropy, lambda a: -(a * a.clamp_min(1e-12).log()).sum(), "last axis only")
-    cheats(check.entropy, attention_entropy, "sat_helpers.hard.attention_entropy")
+    cheats(check.entropy, attention_entropy, "sat_helpers.attention.attention_entropy")
 
 
 def reinforce(theta, log_lik, samples, decay, baseline=True, after=False):
@@ -486,4 +487,4 @@ def test_reinforce_gradient(capsys):
         reinforce_surrogate(torch.zeros(1), torch.zeros(1), 0.0)
         return reinforce(theta, log_lik, samples, decay)
 
-    cheats(check.reinforce_gradient, with_surrogate, "sat_helpers.hard.reinforce_surrogate")
+    cheats(check.reinforce_gradient, with_surrogate, "sat_helpers.losses.reinforce_surrogate")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sat_helpers import data
+from sat_helpers import data, prepare
 from sat_helpers.config import get_profile
 from sat_helpers.data import (
     CaptionDataset,
@@ -207,15 +207,15 @@ def test_changes_rebuild(toy, change):
 
 def interrupt_after(monkeypatch, n):
     calls = []
-    real = data.load_image
+    real = prepare.load_image
 
-    def flaky(path, size):
+    def flaky(path, size, resize="squash"):
         calls.append(path)
         if len(calls) > n:
             raise KeyboardInterrupt("simulated interruption")
-        return real(path, size)
+        return real(path, size, resize)
 
-    monkeypatch.setattr(data, "load_image", flaky)
+    monkeypatch.setattr(prepare, "load_image", flaky)
 
 
 def test_interrupted_build_leaves_nothing_trusted(toy, monkeypatch):

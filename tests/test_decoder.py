@@ -95,3 +95,11 @@ def test_bad_arguments_say_what_is_wrong():
     feats, caps, _ = batch()
     with pytest.raises(ValueError, match="length >= 2"):
         make()(feats, caps, torch.tensor([5, 1, 6, 2]))
+
+
+def test_embedding_starts_at_the_authors_scale():
+    """E ~ N(0, 0.01²) as capgen.py's norm_weight: E y enters the deep output's tanh near 0."""
+    torch.manual_seed(0)
+    dec = AttentionDecoder(vocab_size=500, enc_dim=16, embed_dim=64, dec_dim=32, att_dim=16)
+    weight = dec.embedding.weight
+    assert abs(float(weight.mean())) < 1e-3 and 0.009 < float(weight.std()) < 0.011

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from sat_helpers import encoder as enc
+from sat_helpers import features as feat
 from sat_helpers.config import get_profile
 from sat_helpers.data import Vocab
 from sat_helpers.encoder import (
@@ -26,6 +27,7 @@ from sat_helpers.encoder import (
     load_by_position,
     sample_images,
 )
+from sat_helpers.images import load_image
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -102,7 +104,7 @@ def test_transform_matches_preprocess_and_pickles():
     encoder = Encoder("efficientnet_lite0_s16", pretrained=False, image_size=64)
     transform = pickle.loads(pickle.dumps(encoder.transform))  # DataLoader workers need this
     image = Image.open(sample_images()["coffee"])
-    pixels = torch.from_numpy(np.array(image.convert("RGB").resize((64, 64), Image.BICUBIC)))
+    pixels = torch.from_numpy(load_image(sample_images()["coffee"], 64)[0])  # as datasets hold it
     expected = pixels.permute(2, 0, 1).float() / 127.5 - 1  # Lite0: mean = std = 0.5
     assert torch.allclose(transform(image), expected, atol=1e-5)
     assert torch.allclose(encoder.preprocess(pixels.permute(2, 0, 1)[None])[0], expected,
@@ -194,7 +196,7 @@ def test_cached_features_equal_a_direct_forward(tmp_path):
 def test_ensure_features_reuses_a_matching_cache(tmp_path, monkeypatch):
     dataset = make_prepared(tmp_path / "prepared", size=32)
     monkeypatch.setenv("SAT_DATA", str(tmp_path / "root"))
-    monkeypatch.setattr(enc, "ensure_dataset", lambda profile: dataset)
+    monkeypatch.setattr(feat, "ensure_dataset", lambda profile: dataset)
     profile = get_profile("quick", image_size=32, grid=2)
     out = ensure_features(profile, device="cpu")
     assert out == enc.features_dir(profile) and out.name.endswith("-efficientnet_lite0_s16-2")
@@ -202,7 +204,7 @@ def test_ensure_features_reuses_a_matching_cache(tmp_path, monkeypatch):
     assert len(train) == 6 and train[5][0].shape == (4, 112) and train[5][2] == 3
 
     calls = []
-    monkeypatch.setattr(enc, "cache_features", lambda *args, **kw: calls.append(args[2]))
+    monkeypatch.setattr(feat, "cache_features", lambda *args, **kw: calls.append(args[2]))
     assert ensure_features(profile) == out and calls == []
     (dataset / "manifest.json").write_text(json.dumps({"params": {"rebuilt": True}}))
     ensure_features(profile)
@@ -257,7 +259,7 @@ def test_features_beyond_float16_are_an_error_and_nothing_is_cached(tmp_path):
         assert part in message, part
     assert not list((tmp_path / "features").glob("*.npy*")) and not list(
         (tmp_path / "features").glob(".*"))
-    assert "val" not in enc._read_manifest(tmp_path / "features").get("splits", {})
+    assert "val" not in feat._read_manifest(tmp_path / "features").get("splits", {})
 
 
 def test_long_steps_check_the_free_disk_first(tmp_path, monkeypatch):
@@ -276,7 +278,7 @@ def test_long_steps_check_the_free_disk_first(tmp_path, monkeypatch):
 def test_without_a_feature_cache_only_val_and_test_are_cached(tmp_path, monkeypatch):
     dataset = make_prepared(tmp_path / "prepared", size=32)
     monkeypatch.setenv("SAT_DATA", str(tmp_path / "root"))
-    monkeypatch.setattr(enc, "ensure_dataset", lambda profile: dataset)
+    monkeypatch.setattr(feat, "ensure_dataset", lambda profile: dataset)
     assert enc.cached_splits(get_profile("coco")) == ("val", "test")  # 91 GB for train
     assert enc.cached_splits(get_profile("flickr8k")) == ("train", "val", "test")
     out = ensure_features(get_profile("quick", image_size=32, grid=2, feature_cache=False))

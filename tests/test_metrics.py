@@ -269,3 +269,15 @@ def test_bad_alphas_shape_is_explained():
 def test_scale_objects_moves_boxes_to_the_prepared_image():
     (scaled,) = metrics.scale_objects([RED_CIRCLE], 448, 112, 224)
     assert scaled["box"] == [8, 32, 48, 192] and RED_CIRCLE["box"] == [16, 16, 96, 96]
+
+
+def test_bleu_without_the_brevity_penalty():
+    """The paper's Table 1 BLEU: the same precisions, BP = 1 (so never below the toolkit's)."""
+    refs = [["a big red circle on the left".split()], ["the blue square".split()]]
+    hyps = ["a big red circle".split(), "the blue square".split()]
+    precisions = [7 / 7, 5 / 5, 3 / 3, 1 / 1]
+    with_bp = bleu_scores(refs, hyps)
+    without = bleu_scores(refs, hyps, with_brevity_penalty=False)
+    for n in range(1, 5):
+        assert without[f"BLEU-{n}"] == pytest.approx(math.prod(precisions[:n]) ** (1 / n))
+        assert with_bp[f"BLEU-{n}"] == pytest.approx(math.exp(1 - 10 / 7) * without[f"BLEU-{n}"])

@@ -1,14 +1,16 @@
 """The photo path end to end, on look-alike archives served on 127.0.0.1 (tests/lookalike.py).
 
 Flickr8k and COCO 2014: download -> prepare -> features -> train -> evaluate -> `sat caption`,
-at the toy sizes of the ``photos_quick`` profile, with random ResNet-101 weights in a temporary
-TORCH_HOME. Flickr30k: its archive put by hand, then prepared. Then every notebook runs on the
+at the toy sizes of the ``photos_quick`` profile, with random ResNet-101 weights in a
+temporary TORCH_HOME; the paper's setup likewise (``paper_quick``: random VGG-19, centre
+crops). Flickr30k: its archive put by hand, then prepared. Then every notebook runs on the
 prepared Flickr8k look-alike (``SAT_PROFILE=photos_quick``), as nbval runs them on Shapes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -30,10 +32,13 @@ from lookalike import (
 from nbclient import NotebookClient
 
 from sat_helpers import cli
+from sat_helpers.checkpoint import load_encoder, load_model
 from sat_helpers.config import Profile, data_root, get_profile
 from sat_helpers.data import PrepareReport, Vocab, ensure_dataset
 from sat_helpers.encoder import sample_images
+from sat_helpers.images import annotation_vectors, load_image, open_image, square
 from sat_helpers.train import run_dir, train
+from sat_helpers.viz import explore
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -177,3 +182,47 @@ def test_notebook_runs_on_the_flickr8k_lookalike(photos, notebook):
     nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+
+
+def test_paper_profile_on_the_flickr8k_lookalike(photos, capsys):
+    """The paper's setup at toy sizes: VGG-19 conv5_4 features of centre crops, the same crop
+    in preparation, `sat caption` and the explorer, and BLEU with and without the BP."""
+    fake_torchvision_weights(Path(os.environ["TORCH_HOME"]), "vgg19")
+    look, profile = photos["flickr8k"], get_profile("paper_quick")
+    prepared = ensure_dataset(profile)
+    _check_prepared(prepared, look, {"train": ("train",), "val": ("val",), "test": ("test",)})
+    images = data_root() / "raw" / "flickr8k" / "images"
+    meta = json.loads((prepared / "test_meta.json").read_text())
+    stored = np.load(prepared / "test_images.npy")
+    size = profile.image_size
+    for j, m in enumerate(meta):
+        assert (stored[j] == load_image(images / m["filename"], size, "shorter_side_crop")[0]).all()
+    wide = next(j for j, m in enumerate(meta) if m["width"] != m["height"])
+    assert (stored[wide] != load_image(images / meta[wide]["filename"], size)[0]).any()
+
+    train(profile, device="cpu")
+    best = run_dir(profile) / "best.pt"
+    decoder, vocab, stored_profile, ckpt = load_model(best)
+    encoder = load_encoder(ckpt, stored_profile)
+    assert (encoder.name, encoder.resize, decoder.config["enc_dim"]) == (
+        "vgg19", "shorter_side_crop", 512)
+    photo = images / meta[wide]["filename"]  # the explorer encodes the centre crop too
+    opened = open_image(photo)[0]
+    explorer = explore(decoder, vocab, encoder, {"photo": opened})
+
+    def encoded(resize):
+        pixels = torch.from_numpy(square(opened, size, resize)).permute(2, 0, 1)[None]
+        return annotation_vectors(encoder, pixels)
+
+    assert torch.equal(explorer.features("photo"), encoded("shorter_side_crop"))
+    assert not torch.equal(explorer.features("photo"), encoded("squash"))
+    capsys.readouterr()
+
+    assert cli.main(["evaluate", "--checkpoint", str(best), "--no-meteor", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    _check_scores(out, len(look.readable("test")))
+    no_bp = [float(v) for v in re.findall(r"^BLEU-\d \(no BP\)\s+(\S+)$", out, re.M)]
+    with_bp = [float(v) for v in re.findall(r"^BLEU-\d\s+(\S+)$", out, re.M)]
+    assert len(no_bp) == 4 and all(a >= b for a, b in zip(no_bp, with_bp, strict=True)), out
+    assert cli.main(["caption", str(photo), "--checkpoint", str(best), "--beam", "1"]) == 0
+    _check_captions(capsys.readouterr().out, [photo], vocab)

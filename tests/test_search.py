@@ -122,11 +122,11 @@ def test_float32_search_on_the_cpu_path_equals_the_plain_step(search, monkeypatc
                 for c in hyps]
 
     with torch.no_grad():
-        assert dec.init_state(feats).weights is not None  # the CPU path is taken
+        assert fastcpu.applies(dec.eval(), dec.init_state(feats))  # the CPU path is taken
     packed = run(feats)
     monkeypatch.setattr(fastcpu, "ENABLED", False)
     with torch.no_grad():
-        assert dec.init_state(feats).weights is None  # the plain step, as on CUDA
+        assert not fastcpu.applies(dec.eval(), dec.init_state(feats))  # the plain step, as on CUDA
     plain = run(feats)
     assert torch.equal(feats, before)  # dropping finished images never writes the caller's tensor
     assert len({len(c.tokens) for c in plain if c.ended}) >= 3  # they end at different steps

@@ -11,6 +11,7 @@ from sat_helpers import train as tr
 from sat_helpers.config import get_profile
 from sat_helpers.decoder import DecoderOutput
 from sat_helpers.encoder import ensure_features
+from sat_helpers.runtime import seed_everything
 
 # quick Shapes at 64 px: a 4 x 4 grid of stride-16 features, an epoch in well under a second
 TINY = dict(image_size=64, grid=4, epochs=3, train_minutes=60.0, batch_size=12)
@@ -42,13 +43,13 @@ def test_caption_loss_counts_only_real_tokens():
     captions = torch.tensor([[1, 5, 6, 2, 0], [1, 4, 2, 0, 0]])
     lengths = torch.tensor([4, 3])
     out = DecoderOutput(scores, torch.full((2, 4, 3), 1 / 3), None, None)
-    loss, parts = tr.caption_loss(out, captions, lengths, profile)
+    loss, parts = tr.caption_loss(out, captions, lengths, profile.lam)
     real = scores[[0, 0, 0, 1, 1], [0, 1, 2, 0, 1]]
     expected = torch.nn.functional.cross_entropy(real, torch.tensor([5, 6, 2, 4, 2]))
     assert torch.allclose(loss, expected) and parts["penalty"] == 0.0
     scores[1, 2:] = 100.0  # padding: must not matter
-    assert torch.allclose(tr.caption_loss(out, captions, lengths, profile)[0], expected)
-    with_penalty, parts = tr.caption_loss(out, captions, lengths, replace(profile, lam=1.0))
+    assert torch.allclose(tr.caption_loss(out, captions, lengths, profile.lam)[0], expected)
+    with_penalty, parts = tr.caption_loss(out, captions, lengths, lam=1.0)
     assert parts["penalty"] > 0 and torch.allclose(with_penalty, expected + parts["penalty"])
 
 
@@ -59,8 +60,7 @@ def test_train_step_fits_a_batch(tiny, tmp_path, device):
     features, captions, lengths = next(iter(trainer.loader))
     features, captions = features.to(device), captions.to(device)
     with torch.no_grad():
-        first, _ = trainer.loss_fn(trainer.model(features, captions, lengths), captions, lengths,
-                                   trainer.profile)
+        first, _ = trainer.loss_fn(trainer.model(features, captions, lengths), captions, lengths)
     losses = [trainer.train_step(features, captions, lengths).item() for _ in range(25)]
     assert losses[0] == pytest.approx(first.item(), rel=1e-6)
     assert losses[-1] < 0.7 * losses[0], losses
@@ -329,9 +329,9 @@ def test_encoding_on_the_device_trains_like_the_feature_cache(tiny, tmp_path):
     images, captions, _ = next(iter(encoded.loader))
     features, captions_too, _ = next(iter(cached.loader))
     assert images.dtype == torch.uint8 and torch.equal(captions, captions_too)
-    assert torch.allclose(encoded.annotations(images), features, rtol=2e-3, atol=1e-3)
+    assert torch.allclose(encoded.caption_model.annotations(images), features, rtol=2e-3, atol=1e-3)
     losses = []
     for trainer in (cached, encoded):
-        tr._seed_everything(0)  # the same dropout masks
+        seed_everything(0)  # the same dropout masks
         losses.append(trainer.train_epoch())
     assert losses[0] == pytest.approx(losses[1], rel=1e-4), losses

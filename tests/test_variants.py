@@ -49,8 +49,9 @@ def test_each_artefact_is_keyed_by_the_fields_it_depends_on(course):
     data_seed = get_profile("tiny", data_seed=3)
     assert prepared_dir(data_seed) != prepared_dir(course)
     assert features_dir(data_seed) != features_dir(course)
-    for field, value in (("semi_sampling_p", 0.0), ("entropy_weight", 0.1), ("hard_lam", 1.0),
-                         ("baseline_decay", 0.5), ("reinforce_weight", 0.5)):
+    for field, value in (("expected_context_p", 0.0), ("entropy_weight", 0.1), ("hard_lam", 1.0),
+                         ("baseline_decay", 0.5), ("reinforce_weight", 0.5),
+                         ("reinforce_reward", "authors")):
         hard_only = get_profile("tiny", **{field: value})
         assert tr.run_dir(hard_only, "soft") == tr.run_dir(course, "soft"), field
         assert tr.training_config(hard_only, "soft") == tr.training_config(course, "soft"), field
@@ -70,7 +71,7 @@ def test_variants_train_beside_the_course_and_leave_it_untouched(course):
                                           "tiny-soft"]
     before = snapshot(*ours)
     assert any(p.endswith("best.pt") for p in before) and any(p.endswith(".npy") for p in before)
-    for fields in ({"min_word_freq": 2}, {"lam": 0.5}, {"semi_sampling_p": 0.0}):
+    for fields in ({"min_word_freq": 2}, {"lam": 0.5}, {"expected_context_p": 0.0}):
         variant = get_profile("tiny", **fields)
         tr.ensure_trained(variant)
         assert snapshot(*ours) == before, fields  # not rebuilt, not retrained, not moved
@@ -80,7 +81,7 @@ def test_variants_train_beside_the_course_and_leave_it_untouched(course):
     assert (tr.run_dir(word) / "best.pt").exists() and tr.run_dir(word) != tr.run_dir(course)
     lam = get_profile("tiny", lam=0.5)  # another λ: the course's data and features, its own run
     assert prepared_dir(lam) == prepared_dir(course) and (tr.run_dir(lam) / "best.pt").exists()
-    hard_only = get_profile("tiny", semi_sampling_p=0.0)  # reuses the course's soft model
+    hard_only = get_profile("tiny", expected_context_p=0.0)  # reuses the course's soft model
     assert tr.finished_run(hard_only) == tr.run_dir(course) / "best.pt"
     assert sorted(p.name for p in (root / "runs").iterdir()) == sorted(
         {tr.run_dir(course).name, tr.run_dir(word).name, tr.run_dir(lam).name})

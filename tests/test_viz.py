@@ -17,11 +17,12 @@ matplotlib.use("Agg")
 
 
 class TinyEncoder(torch.nn.Module):
-    """PIL -> (3, 16, 16) -> a 2x2 grid of 3-d annotation vectors."""
+    """uint8 (B, 3, 16, 16) -> a 2x2 grid of 3-d annotation vectors; frozen, like a real one."""
 
-    def transform(self, image):
-        rgb = image.convert("RGB").resize((16, 16))
-        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float() / 255
+    input_size, trainable_blocks = 16, []
+
+    def preprocess(self, images):
+        return torch.nn.functional.interpolate(images.float() / 255, size=(16, 16))
 
     def forward(self, x):
         return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(2).transpose(1, 2)

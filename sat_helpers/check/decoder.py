@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -12,7 +10,7 @@ from .. import fastcpu
 from ..attention import doubly_stochastic_penalty
 from ..decoder import AttentionDecoder, DecoderOutput, lstm_update
 from ..hard import HardAttentionLoss, token_log_likelihood
-from ..train import caption_loss
+from ..losses import caption_loss
 from .attention import ATTENTION
 from .machinery import Answer, exercise, fail, matches, same_tensor
 
@@ -108,8 +106,7 @@ def decoder_step(answer: Answer) -> int:
 
 
 def _loss(scores, alphas, captions, lengths, lam):
-    return caption_loss(DecoderOutput(scores, alphas, None, None), captions, lengths,
-                        SimpleNamespace(lam=lam))[0]
+    return caption_loss(DecoderOutput(scores, alphas, None, None), captions, lengths, lam)[0]
 
 
 @exercise("loss", blocked=(caption_loss, token_log_likelihood, HardAttentionLoss.__call__),
