@@ -17,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import shutil
-from collections.abc import Iterable, Sequence
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -121,10 +124,31 @@ def _coco_toolkit() -> dict:
             "PTBTokenizer": PTBTokenizer}
 
 
+@contextlib.contextmanager
+def _child_stderr_held() -> Iterator[None]:
+    """Hold what child processes write to fd 2 (Java's "PTBTokenizer tokenized ..." line, a
+    red box in a notebook); pass it on only when the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
 def ptb_tokenize(captions: dict[object, list[str]], tokenizer_class: type) -> dict:
     """Captions re-tokenised by the toolkit's PTB tokeniser in one Java call; '' stays ''."""
     non_empty = {k: [{"caption": c} for c in cs if c.strip()] for k, cs in captions.items()}
-    tokens = tokenizer_class().tokenize({k: v for k, v in non_empty.items() if v})
+    with _child_stderr_held():
+        tokens = tokenizer_class().tokenize({k: v for k, v in non_empty.items() if v})
     return {k: tokens.get(k, []) + [""] * (len(cs) - len(non_empty[k]))
             for k, cs in captions.items()}
 

@@ -110,6 +110,26 @@ def test_coco_scores_without_meteor():
     check_coco(scores, refs, hyps)
 
 
+def test_coco_scores_keep_the_tokeniser_quiet(capfd):
+    """PTBTokenizer's Java prints a line on fd 2 per call: a notebook shows it as a red box."""
+    needs_toolkit()
+    refs, hyps = coco_corpus()
+    capfd.readouterr()
+    coco_scores(refs, hyps, meteor=False)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_failing_tokeniser_still_shows_its_error(capfd):
+    class BrokenTokenizer:
+        def tokenize(self, captions):
+            os.system("echo 'Error: could not find the jar' >&2")  # as Java would, on fd 2
+            raise RuntimeError("the tokeniser failed")
+
+    with pytest.raises(RuntimeError, match="the tokeniser failed"):
+        metrics.ptb_tokenize({"k": ["a red circle"]}, BrokenTokenizer)
+    assert "could not find the jar" in capfd.readouterr().err
+
+
 @pytest.mark.skipif(not os.environ.get("SAT_TEST_METEOR"),
                     reason="METEOR's Java start costs minutes of CPU; set SAT_TEST_METEOR=1")
 def test_coco_scores_with_meteor():
