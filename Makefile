@@ -73,7 +73,8 @@ test-book: $(VENV)/.book  ## make book's site checked in headless Chromium (imag
 	$(CHROMIUM)
 	test -f $(VENV)/.browser || ($(UV) -e ".[lab]" "selenium>=4.10" && touch $(VENV)/.browser)
 	$(QUICK) $(BIN)/sat course --out build/quick
-	$(QUICK) SAT_BROWSER=1 $(BIN)/python -m pytest -q tests/test_book.py -p no:cacheprovider
+	$(QUICK) SAT_BROWSER=1 $(BIN)/python -m pytest -q tests/test_book.py tests/test_book_browser.py \
+		-p no:cacheprovider
 
 lab: $(STAMP)  ## open the notebooks in JupyterLab (adds the lab extra to .venv once)
 	test -f $(VENV)/.lab || ($(UV) -e ".[lab]" && touch $(VENV)/.lab)

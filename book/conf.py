@@ -22,9 +22,14 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
 # MathJax 2.7 from the pip package jupyter-server-mathjax, copied into _static/mathjax by
-# build.py: the math is typeset without a network.
+# build.py: the math is typeset without a network. MyST marks the page "tex2jax_ignore" (no
+# stray $ is typeset) and each formula "math", as Sphinx's own MathJax 3 settings expect.
 mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
 mathjax2_config = {
+    "tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]],
+                "processEscapes": True, "processEnvironments": False,
+                "processClass": "math|output_area",
+                "ignoreClass": "tex2jax_ignore|mathjax_ignore"},
     "HTML-CSS": {"availableFonts": ["STIX-Web"], "preferredFont": "STIX-Web",
                  "webFont": "STIX-Web", "imageFont": None},
     "showMathMenu": False,
