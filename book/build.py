@@ -71,6 +71,12 @@ def copy_mathjax(static: Path) -> None:
                     ignore=lambda _, names: [n for n in names if n in MATHJAX_SKIPPED])
 
 
+def drop_source_maps(static: Path) -> None:
+    """The theme's *.map files (source maps): only a browser's developer tools read them."""
+    for path in static.rglob("*.map"):
+        path.unlink()
+
+
 def remote_assets(out: Path) -> list[str]:
     """Every script, style sheet, font or image the site would fetch from the network."""
     found = []
@@ -93,6 +99,7 @@ def build_book(executed: Path, out: Path) -> float:
     if build_main(args) != 0:
         raise RuntimeError(f"Sphinx failed to build the book from {src}; its messages are above")
     copy_mathjax(out / "_static")
+    drop_source_maps(out / "_static")
     remote = remote_assets(out)
     if remote:
         raise RuntimeError("pages that would load from the network (the book must work "

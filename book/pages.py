@@ -46,13 +46,16 @@ def with_colab_links(title: str, name: str) -> str:
 
 
 def fit_png(data: str, width: int = FIGURE_WIDTH) -> str:
-    """A base64 PNG scaled down to `width` pixels when wider (aspect kept), else as it was."""
+    """A base64 PNG scaled down to `width` pixels when wider (aspect kept, an alpha channel
+    that is opaque everywhere dropped), else as it was."""
     image = Image.open(io.BytesIO(base64.b64decode(data)))
     if image.width <= width:
         return data
+    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
+        image = image.convert("RGB")
     height = round(image.height * width / image.width)
     out = io.BytesIO()
-    image.resize((width, height), Image.Resampling.LANCZOS).save(out, "PNG", optimize=True)
+    image.resize((width, height), Image.Resampling.LANCZOS).save(out, "PNG")
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 

@@ -104,6 +104,14 @@ def test_figures_wider_than_the_page_are_scaled_down():
     assert fit_png(small) == small
 
 
+@pytest.mark.parametrize("alpha, mode", [(255, "RGB"), (128, "RGBA")])
+def test_scaled_figures_drop_an_alpha_channel_only_when_it_is_opaque(alpha, mode):
+    out = io.BytesIO()
+    Image.new("RGBA", (2 * FIGURE_WIDTH, 100), (200, 30, 30, alpha)).save(out, "PNG")
+    scaled = fit_png(base64.b64encode(out.getvalue()).decode("ascii"))
+    assert Image.open(io.BytesIO(base64.b64decode(scaled))).mode == mode
+
+
 def test_title_and_summary_read_the_title_cell():
     assert title_and_summary(widget_notebook()) == ("03 · Attention, derived",
                                                     "why one vector is not enough.")
