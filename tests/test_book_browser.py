@@ -57,9 +57,10 @@ return {math: math.length,
 """
 MATHJAX_DONE_JS = """
 const [url, done] = arguments;
+const deadline = Date.now() + 60000;
 const typeset = () => (window.MathJax && MathJax.Hub && MathJax.Hub.Register)
     ? MathJax.Hub.Register.StartupHook('End', () => { MathJax.Hub.Queue(() => done('typeset')); })
-    : setTimeout(typeset, 50);
+    : Date.now() > deadline ? done('MathJax did not load') : setTimeout(typeset, 50);
 const loaded = () => {
     if (location.href !== url || document.readyState !== 'complete') { setTimeout(loaded, 50); }
     else if (document.querySelector('script[src*="mathjax/MathJax.js"]')) { typeset(); }
