@@ -20,7 +20,7 @@ QUICK := SAT_PROFILE=quick OMP_NUM_THREADS=1
 PYTEST := -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
 
 .PHONY: course test lab lint bench student clean
-.PHONY: test-lowest test-browser
+.PHONY: test-lowest test-browser book test-book
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,20 @@ $(LOWEST)/.installed: pyproject.toml  # anew: uv would keep a version above a lo
 course: $(STAMP)  ## run the whole series on the Shapes data, offline
 	SAT_PROFILE=$(SAT_PROFILE) $(BIN)/sat course --out build
 
+# The book shows what `make course` ran: it runs the course only when an executed notebook or
+# the results are missing or older than a notebook, and never executes a notebook itself.
+NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
+EXECUTED := $(NOTEBOOKS:notebooks/%=build/notebooks/%) build/course-results.json
+$(EXECUTED) &: $(NOTEBOOKS)
+	$(MAKE) course
+
+$(VENV)/.book: $(STAMP)
+	$(UV) -e ".[book]"
+	touch $@
+
+book: $(VENV)/.book $(EXECUTED)  ## the executed notebooks as a static website in build/book/
+	$(BIN)/python -m book.build --executed build --out build/book
+
 # One thread per process: the tests and notebook kernels are tiny, and on a shared 2-core
 # machine OpenMP's spinning threads made them several times slower.
 test: $(STAMP)  ## pytest + nbval of every notebook on the quick profile
@@ -47,11 +61,20 @@ test-lowest: $(LOWEST)/.installed  ## the same tests with every dependency at it
 	$(QUICK) SAT_LOWEST=1 $(LOWEST)/bin/python $(PYTEST)
 
 # Needs Debian's chromium and chromium-driver (installed here when missing; apt-get needs root).
+CHROMIUM := command -v chromedriver > /dev/null || \
+	(apt-get update -qq && apt-get install -y -qq chromium chromium-driver > /dev/null)
 test-browser: $(STAMP)  ## notebook 05's explorer driven in JupyterLab in headless Chromium
-	command -v chromedriver > /dev/null || \
-		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver > /dev/null)
+	$(CHROMIUM)
 	test -f $(VENV)/.browser || ($(UV) -e ".[lab]" "selenium>=4.10" && touch $(VENV)/.browser)
 	$(QUICK) SAT_BROWSER=1 $(BIN)/python -m pytest -q tests/test_browser.py -p no:cacheprovider
+
+# The book of a `quick` run (build/quick/), every page opened in headless Chromium.
+test-book: $(VENV)/.book  ## make book's site checked in headless Chromium (images, math, links)
+	$(CHROMIUM)
+	test -f $(VENV)/.browser || ($(UV) -e ".[lab]" "selenium>=4.10" && touch $(VENV)/.browser)
+	$(QUICK) $(BIN)/sat course --out build/quick
+	$(QUICK) SAT_BROWSER=1 $(BIN)/python -m pytest -q tests/test_book.py tests/test_book_browser.py \
+		-p no:cacheprovider
 
 lab: $(STAMP)  ## open the notebooks in JupyterLab (adds the lab extra to .venv once)
 	test -f $(VENV)/.lab || ($(UV) -e ".[lab]" && touch $(VENV)/.lab)

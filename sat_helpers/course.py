@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,6 +60,20 @@ def run_notebook(path: Path, out_dir: Path,
     return status, minutes, error, warned
 
 
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out where `folder` lives ("+" after it when tracked files differ from
+    it), for the book's footer; None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(folder), "status", "--porcelain",
+                                  "--untracked-files=no"], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if changed else "")
+
+
 def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) -> bool:
     """Run every notebook of `notebooks` in order; print and save a table; True if all ran."""
     profile = get_profile(profile_name)
@@ -82,6 +97,8 @@ def run_course(notebooks: Path, out_dir: Path, profile_name: str | None = None) 
     summary = {
         "profile": profile.name,
         "total_minutes": round(float(table["minutes"].sum()), 2),
+        "commit": git_commit(notebooks),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "notebooks": rows,
         "results": headline,
     }
