@@ -37,8 +37,8 @@ def passes(check_fn, answer, capsys) -> None:
     assert "✓" in capsys.readouterr().out
 
 
-def cheats(check_fn, answer, called: str) -> None:
-    fails(check_fn, answer, f"called {called}", "equations")
+def cheats(check_fn, answer, called: str, write_from: str = "") -> None:
+    fails(check_fn, answer, f"called {called}", f"Write it from {write_from}")
 
 
 def unsolved(*args):
@@ -101,7 +101,35 @@ def test_a_swallowed_call_to_the_package_is_still_seen():
         except BaseException:  # noqa: BLE001
             return doubly_stochastic_penalty.__wrapped__ if False else torch.tensor(0.0)
 
-    cheats(check.penalty, sneaky, "sat_helpers.attention.doubly_stochastic_penalty")
+    cheats(check.penalty, sneaky, "sat_helpers.attention.doubly_stochastic_penalty",
+           "the equation")
+
+
+def test_a_missing_return_is_named():
+    def no_return(tokens, vocab, max_len):
+        [vocab.start_id, *map(vocab.stoi.get, tokens)]
+
+    fails(check.encode, no_return, "returned None", "did you forget `return`?")
+
+
+def test_a_wrong_signature_gets_the_expected_one():
+    def two_arguments(tokens, vocab):
+        return [vocab.start_id]
+
+    message = fails(check.encode, two_arguments, "cannot be called with the task's 3 arguments")
+    assert "`def two_arguments(tokens, vocab, max_len)`" in message
+    fails(check.attention, lambda a, h: None, "`def attention(a, h, W_a, b, W_h, w)`")
+
+
+def test_a_call_to_a_library_names_it_and_what_to_write_from():
+    from nltk.translate.bleu_score import brevity_penalty
+
+    message = fails(check.brevity_penalty, lambda r, h: brevity_penalty(10, 9),
+                    "called nltk.translate.bleu_score.brevity_penalty, nltk's implementation")
+    assert "the package's own version" not in message
+    message = fails(check.vocabulary, lambda c, m: Vocab.build(c, m).words, "Write it from the "
+                    "operations the task names")
+    assert "equations" not in message
 
 
 def test_checks_leave_the_random_state_and_the_package_alone():
@@ -134,7 +162,7 @@ def test_vocabulary(capsys):
     fails(check.vocabulary, lambda c, m: vocabulary_words(c, m, per_caption=True),
           "counted the captions that contain each word", "every occurrence")
     cheats(check.vocabulary, lambda c, m: Vocab.build(c, m).words,
-           "sat_helpers.captions.Vocab.build")
+           "sat_helpers.captions.Vocab.build", "the operations the task names")
 
 
 def encode_row(tokens, vocab, max_len, unknown=True, pad=True):
@@ -148,9 +176,10 @@ def test_encode(capsys):
     fails(check.encode, lambda t, v, m: encode_row(t, v, m, pad=False), "max_len + 2")
     fails(check.encode, lambda t, v, m: encode_row(t, v, m, unknown=False),
           "'purple' is not in the vocabulary", "<unk>")
-    cheats(check.encode, encode_caption, "sat_helpers.captions.encode_caption")
+    cheats(check.encode, encode_caption, "sat_helpers.captions.encode_caption",
+           "the vocabulary's ids")
     cheats(check.encode, lambda t, v, m: [v.start_id, *v.encode(t), v.end_id]
-           + [0] * (m - len(t)), "sat_helpers.captions.Vocab.encode")
+           + [0] * (m - len(t)), "sat_helpers.captions.Vocab.encode", "the vocabulary's ids")
 
 
 # -------------------------------------------------------------- 02
@@ -163,7 +192,8 @@ def test_to_annotations(capsys):
     fails(check.to_annotations,
           lambda f: f.permute(0, 3, 2, 1).reshape(f.shape[0], -1, f.shape[1]), "column by column")
     from sat_helpers.encoder import annotations
-    cheats(check.to_annotations, annotations, "sat_helpers.encoder.annotations")
+    cheats(check.to_annotations, annotations, "sat_helpers.encoder.annotations",
+           "tensor operations")
 
 
 def test_cut_classifier(capsys):
@@ -177,7 +207,7 @@ def test_cut_classifier(capsys):
     from sat_helpers.encoder import get_spec
     cheats(check.cut_classifier,
            lambda m: nn.Sequential(*(b for _, b in get_spec("resnet18").trunk(m))),
-           "sat_helpers.encoder.get_spec")
+           "sat_helpers.encoder.get_spec", "the model's own children")
 
 
 # -------------------------------------------------------------- 03
@@ -187,7 +217,7 @@ def attention_step(att, a, h, bias=True, dim=1, gated=True):
     x = a @ att.W_a.weight.T + (att.W_a.bias if bias else 0) + att.W_h(h).unsqueeze(1)
     e = att.w(torch.tanh(x)).squeeze(-1)
     alpha = e.softmax(dim=dim)
-    return e, alpha, (alpha.unsqueeze(-1) * a).sum(1) if gated else a.mean(1)
+    return (alpha.unsqueeze(-1) * a).sum(1) if gated else a.mean(1), alpha, e
 
 
 def test_attention_step(capsys):
@@ -199,7 +229,11 @@ def test_attention_step(capsys):
           "plain mean")
     fails(check.attention_step, lambda att, a, h: attention_step(att, a, h)[::-1][1:],
           "expected a triple")
-    cheats(check.attention_step, lambda att, a, h: (None, *att(a, h)[::-1]),
+    fails(check.attention_step, lambda att, a, h: attention_step(att, a, h)[::-1],
+          "the outputs are in another order: return (z_hat, alpha, e)", "(e, alpha, z_hat)")
+    fails(check.attention_step, lambda *x: (lambda z, al, e: (al, e, z))(*attention_step(*x)),
+          "another order: return (z_hat, alpha, e)", "you returned (alpha, e, z_hat)")
+    cheats(check.attention_step, lambda att, a, h: (*att(a, h), None),
            "sat_helpers.attention.SoftAttention.forward")
 
 
@@ -214,6 +248,8 @@ def test_attention(capsys):
     passes(check.attention, attend, capsys)
     fails(check.attention, lambda *x: attend(*x, dim=1), "alpha", "do not sum to 1")
     fails(check.attention, lambda *x: attend(*x, grad=False), "no gradient")
+    fails(check.attention, lambda *x: attend(*x)[::-1],
+          "the outputs are in another order: return (z_hat, alpha)")
 
     def functional(a, h, W_a, b, W_h, w):
         att = SoftAttention(a.shape[-1], h.shape[-1], W_a.shape[0])
@@ -292,6 +328,13 @@ def test_loss(capsys):
     fails(check.loss, lambda *x: loss(*x, shift=0), "targets are not shifted")
     fails(check.loss, lambda *x: loss(*x, penalty=False), "lam=1.0", "penalty is missing")
     fails(check.loss, lambda *x: loss(*x).detach(), "no gradient")
+
+    def steps_counted(scores, alphas, captions, lengths, lam):
+        return loss(scores, alphas, captions, lengths, 0.0) + doubly_stochastic_penalty(
+            alphas, lengths, lam)
+
+    fails(check.loss, steps_counted, "penalty counts one step too many", "lengths − 1",
+          "<start> is an input")
     from types import SimpleNamespace
 
     from sat_helpers.decoder import DecoderOutput
@@ -378,6 +421,8 @@ def test_best_caption(capsys):
     fails(check.best_caption, lambda s, n, g: max(range(len(s)),
           key=lambda i: s[i] * ((5 + n[i]) / 6) ** g), "multiplied")
     fails(check.best_caption, lambda s, n, g: int(np.argmax(s)), "plain summed log-probability")
+    fails(check.best_caption, lambda s, n, g: max(range(len(s)), key=lambda i: s[i] / n[i] ** g),
+          "((5 + |y|) / 6)^γ, not |y|^γ")
     fails(check.best_caption, lambda s, n, g: int(np.argmin(s)), "picked the worst")
     cheats(check.best_caption, lambda s, n, g: int(np.argmax(
         [search.length_normalised(x, k, g) for x, k in zip(s, n, strict=True)])),
@@ -435,7 +480,7 @@ def test_hit(capsys):
     fails(check.hit, lambda m, mask: float(m[mask].sum() / m.sum()), "attention mass")
     fails(check.hit, lambda m, mask: float(mask.flat[m.argmax()]), "three tied peaks",
           "tied maxima")
-    cheats(check.hit, pointing_hit, "sat_helpers.metrics.pointing_hit")
+    cheats(check.hit, pointing_hit, "sat_helpers.metrics.pointing_hit", "numpy comparisons")
 
 
 # -------------------------------------------------------------- 07
@@ -451,7 +496,10 @@ def test_surrogate(capsys):
     fails(check.surrogate, lambda ll, lp, b: term(ll, lp, b, detach=False),
           "the term's value", "value must be 0")
     fails(check.surrogate, lambda ll, lp, b: term(ll, lp, b, baseline=False),
-          "gradient with respect to log p(s̃|a)", "b=-11.0")
+          "gradient with respect to log p(s̃|a)", "b=-11.0", "baseline is missing")
+    message = fails(check.surrogate, lambda ll, lp, b: (ll - b).detach() * (lp.detach() - lp),
+                    "gradient with respect to log p(s̃|a)", "wrong sign", "zero factor is reversed")
+    assert "subtract the baseline" not in message
     fails(check.surrogate, lambda ll, lp, b: term(ll, lp, b).detach(), "no gradient")
     fails(check.surrogate, lambda ll, lp, b: term(ll, lp, b, detach_reward=False),
           "still in the term's graph", "detach it")
@@ -466,12 +514,13 @@ def test_entropy(capsys):
     cheats(check.entropy, attention_entropy, "sat_helpers.attention.attention_entropy")
 
 
-def reinforce(theta, log_lik, samples, decay, baseline=True, after=False):
+def reinforce(theta, log_lik, samples, decay, baseline=True, after=False, minus_alpha=True):
     alpha, b, rows = theta.softmax(-1), 0.0, []
     for s in samples.tolist():
         if after:
             b = decay * b + (1 - decay) * float(log_lik[s])
-        rows.append((log_lik[s] - b * baseline) * (F.one_hot(torch.tensor(s), len(theta)) - alpha))
+        score = F.one_hot(torch.tensor(s), len(theta)) - alpha * minus_alpha
+        rows.append((log_lik[s] - b * baseline) * score)
         if not after:
             b = decay * b + (1 - decay) * float(log_lik[s])
     return torch.stack(rows)
@@ -482,6 +531,8 @@ def test_reinforce_gradient(capsys):
     fails(check.reinforce_gradient, lambda *x: reinforce(*x, baseline=False), "no baseline")
     fails(check.reinforce_gradient, lambda *x: reinforce(*x, after=True), "biased")
     fails(check.reinforce_gradient, lambda *x: -reinforce(*x), "the sign")
+    fails(check.reinforce_gradient, lambda *x: reinforce(*x, minus_alpha=False),
+          "− α is missing", "onehot(s) − α")
 
     def with_surrogate(theta, log_lik, samples, decay):
         reinforce_surrogate(torch.zeros(1), torch.zeros(1), 0.0)

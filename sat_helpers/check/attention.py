@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import fastcpu
 from ..attention import HardAttention, SoftAttention, doubly_stochastic_penalty, expected_context
-from .machinery import Answer, exercise, fail, matches, same_tensor
+from .machinery import Answer, exercise, fail, in_order, matches, same_tensor
 
 # what a learner must not call to compute soft attention: the module and what it is built from
 ATTENTION = (SoftAttention.forward, SoftAttention.attend, SoftAttention.scores,
@@ -16,7 +16,7 @@ ATTENTION = (SoftAttention.forward, SoftAttention.attend, SoftAttention.scores,
 
 
 def _step_variants(att: SoftAttention, a: Tensor, h: Tensor) -> dict[str, tuple]:
-    """(e, α, ẑ) of the usual mistakes, with what each one got wrong."""
+    """(ẑ, α, e) of the usual mistakes, with what each one got wrong."""
     def run(bias=True, tanh=True, query=True, dim=-1, weighted=True):
         x = a @ att.W_a.weight.T + (att.W_a.bias if bias else 0)
         if query:
@@ -24,7 +24,7 @@ def _step_variants(att: SoftAttention, a: Tensor, h: Tensor) -> dict[str, tuple]
         e = att.w(torch.tanh(x) if tanh else x).squeeze(-1)
         alpha = e.softmax(dim=dim)
         z = (alpha.unsqueeze(-1) * a).sum(1) if weighted else a.mean(1)
-        return e, alpha, z
+        return z, alpha, e
     with torch.no_grad():
         return {
             "the bias b is missing from eq. 4: W_a a_i + b is what att.W_a computes (its bias "
@@ -41,14 +41,16 @@ def _step_variants(att: SoftAttention, a: Tensor, h: Tensor) -> dict[str, tuple]
 
 def _attention_step(att: SoftAttention, a: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     z, alpha = att(a, h)
-    return att.scores(att.project(a), att.W_h(h)), alpha, z
+    return z, alpha, att.scores(att.project(a), att.W_h(h))
 
 
 @exercise("attention_step", blocked=ATTENTION, stand_in=_attention_step,
           code_hint="e = att.w(torch.tanh(att.W_a(a) + att.W_h(h).unsqueeze(1))).squeeze(-1); "
-                    "alpha = e.softmax(dim=1); z_hat = (alpha.unsqueeze(-1) * a).sum(dim=1).")
+                    "alpha = e.softmax(dim=1); z_hat = (alpha.unsqueeze(-1) * a).sum(dim=1); "
+                    "return z_hat, alpha, e.",
+          write_from="the equations (eq. 4-6), with att's three layers")
 def attention_step(answer: Answer) -> int:
-    """fn(att, a (B, L, D), h (B, n)) -> (e (B, L), α (B, L), ẑ (B, D)), eq. 4-6."""
+    """fn(att, a (B, L, D), h (B, n)) -> (ẑ (B, D), α (B, L), e (B, L)), eq. 4-6."""
     name = "attention_step"
     cases = [(2, 6, 5, 4, 7), (1, 4, 3, 2, 5), (3, 9, 2, 6, 3)]  # B, L, D, A, n
     for B, L, D, A, n in cases:
@@ -60,22 +62,21 @@ def attention_step(answer: Answer) -> int:
         inputs = f"a {tuple(a.shape)}, h {tuple(h.shape)}: B={B}, L={L}, D={D}"
         got = answer(att, a.clone(), h.clone(), inputs=inputs)
         if not isinstance(got, tuple) or len(got) != 3:
-            fail(name, f"returned {type(got).__name__}, expected a triple (e, alpha, z_hat).",
-                 "return the scores, the weights and the context, in that order.")
+            fail(name, f"returned {type(got).__name__}, expected a triple (z_hat, alpha, e).",
+                 "return the context and the weights, in SoftAttention's order, then the scores.")
         with torch.no_grad():
             want = _attention_step(att, a, h)
+        in_order(name, got, want, ("z_hat", "alpha", "e"), inputs)
         for mistake, variant in _step_variants(att, a, h).items():
             if all(matches(g, v) for g, v in zip(got, variant, strict=True)) or (
                     matches(got[1], variant[1]) and not matches(got[1], want[1])):
                 fail(name, f"{'α' if not matches(got[1], want[1]) else 'ẑ'} differs from the "
                      f"package's ({inputs}).", mistake + ".")
-        if matches(got[0], want[1]) and matches(got[1], want[0]):
-            fail(name, f"e and α are swapped ({inputs}).", "return (e, alpha, z_hat).")
-        same_tensor(name, "e", got[0], want[0], "eq. 4: e_ti = w^T tanh(W_a a_i + W_h h_{t-1} + b)"
+        same_tensor(name, "e", got[2], want[2], "eq. 4: e_ti = w^T tanh(W_a a_i + W_h h_{t-1} + b)"
                     ", one score per position: (B, L).", inputs)
         same_tensor(name, "alpha", got[1], want[1], "eq. 5: α_t = softmax(e_t) over the L "
                     "positions.", inputs)
-        same_tensor(name, "z_hat", got[2], want[2], "eq. 6 (soft, eq. 13): ẑ_t = Σ_i α_ti a_i, "
+        same_tensor(name, "z_hat", got[0], want[0], "eq. 6 (soft, eq. 13): ẑ_t = Σ_i α_ti a_i, "
                     "one D-vector per image.", inputs)
     return len(cases)
 
@@ -88,7 +89,8 @@ def _attend(a, h, W_a, b, W_h, w):
 
 @exercise("attention", blocked=ATTENTION, stand_in=_attend,
           code_hint="e = torch.tanh((a @ W_a.T + b).unsqueeze(1) + (h @ W_h.T).unsqueeze(2)) @ w "
-                    "is (B, k, L); alpha = e.softmax(dim=-1); z_hat = alpha @ a.")
+                    "is (B, k, L); alpha = e.softmax(dim=-1); z_hat = alpha @ a.",
+          write_from="the equations (eq. 4, 5 and 13), with the weights you are given")
 def attention(answer: Answer) -> int:
     """fn(a, h, W_a, b, W_h, w) -> (z_hat (B, k, D), alpha (B, k, L)) for k queries per image."""
     name = "attention"
@@ -106,8 +108,9 @@ def attention(answer: Answer) -> int:
         if not isinstance(got, tuple) or len(got) != 2:
             fail(name, f"returned {type(got).__name__}, expected a pair (z_hat, alpha).",
                  "return z_hat, then alpha.")
-        z, alpha = got
         want_z, want_alpha = att(a, h)
+        in_order(name, got, (want_z, want_alpha), ("z_hat", "alpha"), inputs)
+        z, alpha = got
         concept = "α: softmax of e over the L positions, one row per image and query."
         if isinstance(alpha, Tensor) and alpha.shape == want_alpha.shape:
             sums = alpha.detach().sum(-1)
@@ -140,7 +143,8 @@ def _penalty(alphas: Tensor, lengths: Tensor, lam: float) -> Tensor:
 
 @exercise("penalty", blocked=(doubly_stochastic_penalty,), stand_in=_penalty,
           code_hint="real = torch.arange(T) < lengths[:, None] is (B, T); total = (alphas * "
-                    "real.unsqueeze(-1)).sum(dim=1) is (B, L); lam * ((1 - total) ** 2).mean().")
+                    "real.unsqueeze(-1)).sum(dim=1) is (B, L); lam * ((1 - total) ** 2).mean().",
+          write_from="the equation, with torch operations on alphas and lengths")
 def penalty(answer: Answer) -> int:
     """fn(alphas (B, T, L), lengths (B,), lam) -> the doubly stochastic penalty, a 0-d tensor."""
     name = "penalty"

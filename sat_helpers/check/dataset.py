@@ -21,7 +21,8 @@ def _vocabulary(captions: list[list[str]], min_freq: int) -> list[str]:
 @exercise("vocabulary", blocked=(Vocab.build,), stand_in=_vocabulary,
           code_hint="counts = Counter(w for tokens in captions for w in tokens); keep "
                     "[w for w, c in counts.items() if c >= min_freq], then "
-                    "sorted(kept, key=lambda w: (-counts[w], w)).")
+                    "sorted(kept, key=lambda w: (-counts[w], w)).",
+          write_from="the operations the task names (a Counter of the words, then sorted)")
 def vocabulary(answer: Answer) -> int:
     """fn(captions, min_freq) -> the vocabulary's words (no specials), as ``Vocab.build``."""
     name = "vocabulary"
@@ -67,7 +68,9 @@ def _encode(tokens: list[str], vocab: Vocab, max_len: int) -> list[int]:
 
 @exercise("encode", blocked=(encode_caption, Vocab.encode), stand_in=_encode,
           code_hint="ids = [vocab.start_id] + [vocab.stoi.get(t, vocab.unk_id) for t in tokens] "
-                    "+ [vocab.end_id]; then ids + [vocab.pad_id] * (max_len + 2 - len(ids)).")
+                    "+ [vocab.end_id]; then ids + [vocab.pad_id] * (max_len + 2 - len(ids)).",
+          write_from="the vocabulary's ids the task lists (vocab.stoi, vocab.start_id, "
+                      "vocab.end_id, vocab.pad_id, vocab.unk_id)")
 def encode(answer: Answer) -> int:
     """fn(tokens, vocab, max_len) -> one caption row, as ``data.encode_caption``."""
     name = "encode"

@@ -65,7 +65,8 @@ _MISTAKES = {
                     "unsqueeze(-1) * a).sum(1); Ey = decoder.embedding(y_prev); gates = "
                     "decoder.lstm_emb(Ey) + decoder.lstm_hh(h) + decoder.lstm_ctx(z); i, f, g, o = "
                     "gates.chunk(4, -1); c_t = σ(f) c + σ(i) tanh(g); h_t = σ(o) tanh(c_t); "
-                    "logits = decoder.L_o(torch.tanh(Ey + decoder.L_h(h_t) + decoder.L_z(z))).")
+                    "logits = decoder.L_o(torch.tanh(Ey + decoder.L_h(h_t) + decoder.L_z(z))).",
+          write_from="the equations (eq. 1-7), with the decoder's layers the task names")
 def decoder_step(answer: Answer) -> int:
     """fn(decoder, y_prev, h, c, a, projected) -> (logits (B, V), h_t, c_t, α (B, L))."""
     name = "decoder_step"
@@ -113,7 +114,9 @@ def _loss(scores, alphas, captions, lengths, lam):
           stand_in=_loss,
           code_hint="targets = captions[:, 1:T + 1]; real = torch.arange(T) < (lengths - 1)"
                     "[:, None]; F.cross_entropy(scores[real], targets[real]) + "
-                    "doubly_stochastic_penalty(alphas, lengths - 1, lam).")
+                    "doubly_stochastic_penalty(alphas, lengths - 1, lam).",
+          write_from="the task's recipe: a cross-entropy over the real words plus the "
+                      "penalty (doubly_stochastic_penalty is allowed)")
 def loss(answer: Answer) -> int:
     """fn(scores, alphas, captions, lengths, lam) -> cross-entropy of the real words + penalty."""
     name = "loss"
@@ -165,6 +168,9 @@ def _loss_mistake(got, scores, alphas, captions, lengths, lam) -> str | None:
             "real steps": ce,
             "averaged per caption, then over captions: the course averages over all real "
             "words of the batch at once": ((per_word * real).sum(1) / real.sum(1)).mean() + pen,
+            "the penalty counts one step too many: it takes lengths − 1, the steps the decoder "
+            "predicts (the caption's <start> is an input, never predicted), not lengths": ce
+            + doubly_stochastic_penalty(alphas, lengths, lam),
             "the penalty counts the padding steps: it takes the number of real steps, "
             "lengths − 1": ce + doubly_stochastic_penalty(
                 alphas, torch.full_like(lengths, steps), lam),

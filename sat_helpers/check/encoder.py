@@ -17,7 +17,8 @@ def _cut(model: nn.Module) -> nn.Module:
 
 @exercise("cut_classifier", blocked=(get_spec, _TRUNK, Encoder.__init__, Encoder.feature_map),
           stand_in=_cut, code_hint="nn.Sequential(*list(model.children())[:-2]): every child "
-                                   "but the last two (avgpool, fc), the same objects.")
+                                   "but the last two (avgpool, fc), the same objects.",
+          write_from="the model's own children (model.children()), as the task says")
 def cut_classifier(answer: Answer) -> int:
     """fn(resnet18) -> the module up to its last feature map, as the package's resnet18 trunk."""
     import torchvision
@@ -66,7 +67,8 @@ def _annotations(fmap: Tensor) -> Tensor:
 
 @exercise("to_annotations", blocked=(annotations, Encoder.forward), stand_in=_annotations,
           code_hint="fmap.permute(0, 2, 3, 1) gives (B, H, W, D); .reshape(B, H * W, D) then "
-                    "reads the cells row by row.")
+                    "reads the cells row by row.",
+          write_from="tensor operations on the feature map (permute, reshape)")
 def to_annotations(answer: Answer) -> int:
     """fn(feature_map (B, D, H, W)) -> (B, H·W, D), cells row by row (``encoder.annotations``)."""
     name = "to_annotations"

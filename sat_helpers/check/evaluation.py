@@ -53,7 +53,8 @@ _CLIP_CASES = [([["two", "green", "squares"], ["there", "are", "two", "green", "
 @exercise("clipped_precision", blocked=_BLEU, stand_in=_clipped,
           code_hint="counts = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1)); "
                     "most = the largest count of each n-gram over the references (Counter's | "
-                    "keeps the larger); matches = sum(min(c, most[g]) for g, c in counts.items()).")
+                    "keeps the larger); matches = sum(min(c, most[g]) for g, c in counts.items()).",
+          write_from="the definition of clipping, with collections.Counter")
 def clipped_precision(answer: Answer) -> int:
     """fn(references, hypothesis, n) -> (clipped matches, n-grams of the hypothesis)."""
     name = "clipped_precision"
@@ -127,7 +128,8 @@ _BP_CASES = [
                                       bleu_score.closest_ref_length), stand_in=_brevity,
           code_hint="c = sum(len(h) for h in hypotheses); r = sum(min((abs(len(ref) - len(h)), "
                     "len(ref)) for ref in refs)[1] for each image); 1.0 if c > r else "
-                    "math.exp(1 - r / c).")
+                    "math.exp(1 - r / c).",
+          write_from="the formula for BP, with the lengths of the token lists")
 def brevity_penalty(answer: Answer) -> int:
     """fn(references per image, hypotheses) -> the corpus brevity penalty BP, a float."""
     name = "brevity_penalty"
@@ -157,7 +159,8 @@ def _hit(attention_map: np.ndarray, mask: np.ndarray) -> float:
 
 @exercise("hit", blocked=(metrics.pointing_hit, metrics.pointing_game), stand_in=_hit,
           code_hint="top = attention_map == attention_map.max(); float(mask[top].mean()): the "
-                    "share of the tied maxima inside the mask.")
+                    "share of the tied maxima inside the mask.",
+          write_from="numpy comparisons of the map with its maximum, and the mask")
 def hit(answer: Answer) -> int:
     """fn(attention_map (H, W), mask (H, W)) -> 1.0 hit, 0.0 miss, as ``metrics.pointing_hit``."""
     name = "hit"

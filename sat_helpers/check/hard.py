@@ -21,7 +21,8 @@ def _entropy(alphas: Tensor) -> Tensor:
 
 @exercise("entropy", blocked=(attention_entropy, HardAttention.attend), stand_in=_entropy,
           code_hint="-torch.special.xlogy(alphas, alphas).sum(-1), or -(alphas * "
-                    "alphas.clamp_min(1e-12).log()).sum(-1).")
+                    "alphas.clamp_min(1e-12).log()).sum(-1).",
+          write_from="the equation H = −Σ α log α, with torch operations")
 def entropy(answer: Answer) -> int:
     """fn(alphas (..., L)) -> H[α] in nats over the last axis, as ``hard.attention_entropy``."""
     name = "entropy"
@@ -53,7 +54,8 @@ def _surrogate(log_likelihood: Tensor, sample_log_prob: Tensor, baseline: float)
 
 @exercise("surrogate", blocked=_HARD, stand_in=_surrogate,
           code_hint="(log_likelihood - baseline).detach() * (sample_log_prob - "
-                    "sample_log_prob.detach()).")
+                    "sample_log_prob.detach()).",
+          write_from="the task's recipe: the detached reward times a factor that is 0 in value")
 def surrogate(answer: Answer) -> int:
     """fn(log_likelihood (N,), sample_log_prob (N,), baseline) -> the REINFORCE term, (N,)."""
     name = "surrogate"
@@ -79,16 +81,28 @@ def surrogate(answer: Answer) -> int:
                  "today, but a term multiplied by something else would send one.)")
         grad, = torch.autograd.grad(got.sum(), log_prob, allow_unused=True)
         want_grad, = torch.autograd.grad(want.sum(), log_prob)
-        same_tensor(name, "the gradient with respect to log p(s̃|a)",
-                    torch.zeros(n) if grad is None else grad, want_grad,
-                    "∂ term_n / ∂ log p(s̃_n|a) must be the advantage log p(y_n|s̃_n,a) − b "
-                    f"(here b={baseline}): subtract the baseline you are given.", inputs)
+        grad = torch.zeros(n) if grad is None else grad
+        same_tensor(name, "the gradient with respect to log p(s̃|a)", grad, want_grad,
+                    _surrogate_mistake(grad, want_grad, log_lik.detach(), baseline), inputs)
     return len(cases)
+
+
+def _surrogate_mistake(grad: Tensor, want: Tensor, log_lik: Tensor, baseline: float) -> str:
+    """What a wrong gradient of the term says about it."""
+    if matches(grad, -want):
+        return ("the gradient has the wrong sign: the zero factor is reversed. Write "
+                "log p(s̃|a) − sg[log p(s̃|a)] (sample_log_prob - sample_log_prob.detach()), "
+                "not the detached copy minus log p(s̃|a).")
+    if matches(grad, log_lik):
+        return (f"the baseline is missing (here b={baseline}): ∂ term_n / ∂ log p(s̃_n|a) must "
+                "be the advantage log p(y_n|s̃_n,a) − b; subtract the baseline you are given.")
+    return ("∂ term_n / ∂ log p(s̃_n|a) must be the advantage log p(y_n|s̃_n,a) − b "
+            f"(here b={baseline}), times 1.")
 
 
 def _reinforce(theta: Tensor, log_lik: Tensor, samples: Tensor, decay: float,
                start: float = 0.0, after: bool = False, swap: bool = False,
-               baseline: bool = True, sign: float = 1.0) -> Tensor:
+               baseline: bool = True, sign: float = 1.0, minus_alpha: bool = True) -> Tensor:
     """Per-sample REINFORCE estimates with a moving-average baseline (options: the mistakes)."""
     alpha = theta.detach().softmax(-1)
     rewards = log_lik.detach()[samples]
@@ -101,7 +115,7 @@ def _reinforce(theta: Tensor, log_lik: Tensor, samples: Tensor, decay: float,
         if not after:
             b = keep * b + (1 - keep) * r
     advantage = rewards - torch.tensor(bases) * baseline
-    score = F.one_hot(samples, theta.shape[-1]) - alpha
+    score = F.one_hot(samples, theta.shape[-1]) - alpha * minus_alpha
     return advantage[:, None] * score * sign
 
 
@@ -115,6 +129,8 @@ _REINFORCE_MISTAKES = {
     "b starts at 0, as in the package's HardAttentionLoss (and the authors' code)":
         {"start": None},
     "the sign: ∂ log α_s / ∂θ = 1_s − α": {"sign": -1.0},
+    "the score function's − α is missing: ∂ log α_s / ∂θ = onehot(s) − α, since the softmax's "
+    "denominator depends on every θ_i": {"minus_alpha": False},
 }
 
 
@@ -124,7 +140,8 @@ def _stand_in(theta: Tensor, log_lik: Tensor, samples: Tensor, decay: float) -> 
 
 @exercise("reinforce_gradient", blocked=_HARD, stand_in=_stand_in,
           code_hint="alpha = theta.softmax(-1); b = 0; for each sample s: row = (log_lik[s] - b) "
-                    "* (F.one_hot(s, L) - alpha); then b = decay * b + (1 - decay) * log_lik[s].")
+                    "* (F.one_hot(s, L) - alpha); then b = decay * b + (1 - decay) * log_lik[s].",
+          write_from="eq. 12 with the moving-average baseline, with torch operations")
 def reinforce_gradient(answer: Answer) -> int:
     """fn(theta (L,), log_lik (L,), samples (N,), decay) -> (N, L) per-sample estimates."""
     name = "reinforce_gradient"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import itertools
 import linecache
 import os
 import traceback
@@ -147,15 +149,51 @@ def _crash(exercise: str, error: Exception, inputs: str, fn: Callable) -> Exerci
                          f"on {inputs or 'the check input'}.\nHint: {concept}.")
 
 
+def _owner(name: str) -> str:
+    """Whose implementation a blocked function is: the package's, or a library's (nltk's)."""
+    top = name.split(".")[0]
+    return "the package's own version" if top == "sat_helpers" else f"{top}'s implementation"
+
+
+def _signature(stand_in: Callable) -> str:
+    """The documented parameters, 'a, h, W_a, ...', read from the package's stand-in."""
+    return ", ".join(inspect.signature(stand_in).parameters)
+
+
 class Answer:
     """The learner's function as a check calls it: the package blocked, errors explained."""
 
-    def __init__(self, exercise: str, fn: Callable, blocked_functions: tuple[Callable, ...]):
+    def __init__(self, exercise: str, fn: Callable, blocked_functions: tuple[Callable, ...],
+                 write_from: str, stand_in: Callable):
         self.exercise, self.fn, self.blocked = exercise, fn, blocked_functions
+        self.write_from, self.stand_in = write_from, stand_in
 
     def __call__(self, *args, inputs: str = ""):
-        """fn(*args)."""
-        return self.run(self.fn, *args, inputs=inputs)
+        """fn(*args); its arguments must fit the documented signature, and it must return."""
+        __tracebackhide__ = True
+        self._fits(len(args))
+        result = self.run(self.fn, *args, inputs=inputs)
+        if result is None:
+            raise ExerciseError(
+                f"{self.exercise}: your function returned None: did you forget `return`?\n"
+                "Hint: a function without a `return` line gives None; end it with `return` "
+                "and the result the task asks for.") from None
+        return result
+
+    def _fits(self, count: int) -> None:
+        """A TypeError of the call itself (a wrong signature) says the signature to write."""
+        try:
+            inspect.signature(self.fn).bind(*range(count))
+        except TypeError as error:
+            name = getattr(self.fn, "__name__", "")
+            name = name if name.isidentifier() else self.exercise
+            expected = f"def {name}({_signature(self.stand_in)})"
+            raise ExerciseError(
+                f"{self.exercise}: your function cannot be called with the task's {count} "
+                f"argument{'s' * (count != 1)} ({error}).\nHint: the check calls it as the task "
+                f"documents: `{expected}`.") from None
+        except ValueError:  # no signature to read (a builtin): the call itself will tell
+            return
 
     def run(self, function: Callable, *args, inputs: str = ""):
         """function(*args) under the same rules (e.g. a module the learner's function built)."""
@@ -174,10 +212,10 @@ class Answer:
             raise _crash(self.exercise, error, inputs, self.fn) from None
         if called:
             raise ExerciseError(
-                f"{self.exercise}: your function called {called[0]}, the package's own version "
-                "of what this exercise asks for (or a piece of it). Write it from the "
-                "equations, with the operations the task names.\nHint: that function is blocked "
-                "while the check runs yours; the task lists what you may use.") from None
+                f"{self.exercise}: your function called {called[0]}, {_owner(called[0])} of "
+                "what this exercise asks for (or a piece of it). Write it from "
+                f"{self.write_from}.\nHint: that function is blocked while the check runs "
+                "yours; the task lists what you may use.") from None
         return result
 
 
@@ -207,8 +245,12 @@ def _not_written(exercise: str, fn: Callable, stand_in: Callable, again: bool) -
 
 
 def exercise(name: str, *, blocked: tuple[Callable, ...], stand_in: Callable,
-             code_hint: str) -> Callable:
-    """Make ``body(answer) -> number of inputs tried`` the check ``check.<name>(fn)``."""
+             code_hint: str, write_from: str) -> Callable:
+    """Make ``body(answer) -> number of inputs tried`` the check ``check.<name>(fn)``.
+
+    ``stand_in`` has the documented signature; ``write_from`` ends "Write it from ..." in the
+    message to a learner who called a blocked function.
+    """
     _HINTS[name] = code_hint
     stand_in._sat_stand_in = True  # type: ignore[attr-defined]
 
@@ -221,7 +263,7 @@ def exercise(name: str, *, blocked: tuple[Callable, ...], stand_in: Callable,
                 return _not_written(name, fn, stand_in, again=True)
             try:
                 with torch.random.fork_rng(devices=[]):  # the notebook's random numbers stay
-                    cases = body(Answer(name, fn, blocked))
+                    cases = body(Answer(name, fn, blocked, write_from, stand_in))
             except NotWritten:
                 return _not_written(name, fn, stand_in, again=False)
             except ExerciseError as error:
@@ -256,6 +298,17 @@ def same_tensor(exercise: str, name: str, got, want: Tensor, concept: str, input
              f"entries differ ({inputs}); first at {first}: got {there + 0.0:.5g}, expected "
              f"{expected + 0.0:.5g}.", concept, code)
     return got
+
+
+def in_order(exercise: str, got: tuple, want: tuple, names: tuple[str, ...], inputs: str) -> None:
+    """Fail when got holds the right values in another order: name the order to return."""
+    if len(got) != len(want) or all(matches(g, w) for g, w in zip(got, want, strict=True)):
+        return
+    for order in itertools.permutations(range(len(want))):
+        if all(matches(got[i], want[j]) for i, j in enumerate(order)):
+            fail(exercise, f"the outputs are in another order: return ({', '.join(names)}) "
+                 f"({inputs}).", f"you returned ({', '.join(names[j] for j in order)}); the "
+                 "values are right, only their places differ.")
 
 
 def matches(got, want: Tensor, atol: float = 1e-5) -> bool:

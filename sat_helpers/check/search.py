@@ -88,7 +88,8 @@ def _greedy_cases() -> list[tuple[nn.Module, Tensor, int, str]]:
                     "-inf; prev = log_probs.argmax(-1); append prev to the caption of each "
                     "image in live; keep = prev != vocab.end_id; live, prev = live[keep], "
                     "prev[keep]; state = state._replace(h=state.h[keep], c=state.c[keep], "
-                    "features=state.features[keep], projected=state.projected[keep]).")
+                    "features=state.features[keep], projected=state.projected[keep]).",
+          write_from="the steps the task describes, with decoder.init_state and decoder.step")
 def greedy_search(answer: Answer) -> int:
     """fn(decoder, features, max_len, vocab) -> per image the token ids before <end>."""
     name = "greedy_search"
@@ -152,7 +153,8 @@ def _beam_step(scores: Tensor, log_probs: Tensor, n: int):
 
 @exercise("beam_step", blocked=(search.best_extensions, search.beam_search), stand_in=_beam_step,
           code_hint="(scores[:, :, None] + log_probs).flatten(1).topk(n) gives values and flat "
-                    "indices; beam = index // V, token = index % V.")
+                    "indices; beam = index // V, token = index % V.",
+          write_from="one topk over each image's candidates, as the task says")
 def beam_step(answer: Answer) -> int:
     """fn(scores (B, k), log_probs (B, k, V), n) -> (top scores, beam, token), each (B, n)."""
     name = "beam_step"
@@ -197,7 +199,8 @@ def _reorder(h: Tensor, beam: Tensor) -> Tensor:
 @exercise("reorder", blocked=(DecoderState.reorder, search._like, search.beam_search),
           stand_in=_reorder,
           code_hint="h[torch.arange(B)[:, None], beam], or h.gather(1, beam[..., None]"
-                    ".expand(-1, -1, n)).")
+                    ".expand(-1, -1, n)).",
+          write_from="indexing (or gather) on h, as the task says")
 def reorder(answer: Answer) -> int:
     """fn(h (B, k, n), beam (B, k)) -> (B, k, n): row j of image b is h[b, beam[b, j]]."""
     name = "reorder"
@@ -232,6 +235,9 @@ _RANKINGS = [
      lambda s, n, g: s / ((4 + n) / 6) ** g),
     ("you multiplied by the penalty ((5 + |y|) / 6)^γ; the score is divided by it",
      lambda s, n, g: s * ((5 + n) / 6) ** g),
+    ("GNMT's length penalty is ((5 + |y|) / 6)^γ, not |y|^γ: the + 5 makes it grow more "
+     "slowly, so that long captions are not favoured as much",
+     lambda s, n, g: s / n ** g),
     ("you ranked by the plain summed log-probability; with γ > 0 divide it by "
      "((5 + |y|) / 6)^γ first", lambda s, n, g: s),
     (_WORST, lambda s, n, g: -s / ((5 + n) / 6) ** g),
@@ -242,7 +248,8 @@ _RANKINGS = [
 @exercise("best_caption", blocked=(search.length_normalised, search._best_possible,
                                    search.beam_search), stand_in=_best_caption,
           code_hint="max(range(len(scores)), key=lambda i: scores[i] / ((5 + lengths[i]) / 6) "
-                    "** length_penalty).")
+                    "** length_penalty).",
+          write_from="the length-normalised score's formula")
 def best_caption(answer: Answer) -> int:
     """fn(scores, lengths, length_penalty) -> the index of the caption ranked first."""
     name = "best_caption"
