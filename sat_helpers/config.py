@@ -149,7 +149,10 @@ PROFILES: dict[str, Profile] = {
     # seeds' α never left uniform. Measured over seeds, 24 epochs: benchmarks/hard_seeds.py,
     # benchmarks/results/hard_seeds-*.md (which also runs the authors' rule, λ_r = 1 with
     # reinforce_reward="authors" and λ_e = 0.002 · batch_size).
-    "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0),
+    # Feature cache batches of 16: on a 2-core CPU they encode faster than 32
+    # (benchmarks/bench_features.py).
+    "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0,
+                      feature_batch_size=16),
     # 224 px: the dilated ResNet-101's map is a true 14 x 14 (stride 16), never pooled up
     "flickr8k": Profile(
         name="flickr8k",
