@@ -2,9 +2,9 @@
 
 Each setting runs in a fresh process (so peak memory is its own) on a synthetic prepared
 split of 224-px images: EfficientNet-Lite0 at stride 16 and 32, channels_last on and off,
-several batch sizes, then the autograd context (inference_mode / no_grad / grad) of the
-default setting. The Shapes course caches ``shapes_images`` (6000) images, so the last
-column estimates that job.
+several batch sizes, then BatchNorm not folded and the autograd context (inference_mode /
+no_grad / grad) of the default setting. The Shapes course caches ``shapes_images`` (6000)
+images, so the last column estimates that job.
 
     python benchmarks/bench_features.py [--images 256] [--threads 2] [--batch-sizes 8,16,32,64]
 """
@@ -56,7 +56,7 @@ def measure(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         if args.context == "inference_mode":
             cache_features(encoder, root, "train", root / "features", args.batch_size, "cpu",
-                           channels_last=args.channels_last)
+                           channels_last=args.channels_last, fold=not args.no_fold)
         else:  # cache_features' loop under another autograd context (no file written)
             images = np.load(root / "train_images.npy", mmap_mode="r")
             with CONTEXTS[args.context]():
@@ -74,8 +74,9 @@ def measure(args: argparse.Namespace) -> dict:
 def run_one(args: argparse.Namespace, **setting) -> dict:
     """Measure one setting in a child process and return its row."""
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**vars(args), **setting}.items()
-             if k not in ("worker", "batch_sizes", "channels_last")]
+             if k not in ("worker", "batch_sizes", "channels_last", "no_fold")]
     flags += ["--channels-last"] if setting.get("channels_last", True) else []
+    flags += ["--no-fold"] if setting.get("no_fold", False) else []
     result = subprocess.run([sys.executable, __file__, "--worker", *flags], check=True,
                             capture_output=True, text=True)
     return {**setting, **json.loads(result.stdout.strip().splitlines()[-1])}
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--encoder", default="efficientnet_lite0_s16")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-fold", action="store_true", help="keep BatchNorm unfolded")
     parser.add_argument("--context", default="inference_mode", choices=CONTEXTS)
     args = parser.parse_args()
     if args.worker:
@@ -100,6 +102,8 @@ def main() -> None:
             for name in ("efficientnet_lite0_s16", "efficientnet_lite0_s32")
             for cl in (True, False)
             for bs in (int(b) for b in args.batch_sizes.split(","))]
+    rows += [run_one(args, encoder="efficientnet_lite0_s16", channels_last=True,
+                     batch_size=args.batch_size, context="inference_mode", no_fold=True)]
     rows += [run_one(args, encoder="efficientnet_lite0_s16", channels_last=True,
                      batch_size=args.batch_size, context=c) for c in ("no_grad", "grad")]
     table = pd.DataFrame(rows)

@@ -49,7 +49,7 @@ def flops_per_image(profile, batch: int = 32) -> tuple[float, float, float]:
     captions = torch.randint(4, 1000, (batch, CAPTION_TOKENS))
     lengths = torch.full((batch,), CAPTION_TOKENS)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = caption_loss(decoder(features, captions, lengths), captions, lengths, profile)
+        loss, _ = caption_loss(decoder(features, captions, lengths), captions, lengths, profile.lam)
         loss.backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
     return encoder_flops, counter.get_total_flops() / batch, peak
@@ -65,9 +65,9 @@ def needs(name: str, gpu_flops: float, encoder_flops: float, decoder_flops: floa
     prepared_gb = n * profile.image_size ** 2 * 3 / GB
     features_gb = cached * feature_bytes / GB
     captions = n_train * profile.captions_per_image  # every caption is a sample of an epoch
-    # without a train cache, each sample's image goes through the encoder again
-    per_caption = decoder_flops + (0 if profile.feature_cache else encoder_flops)
-    epoch_h = captions * per_caption / gpu_flops / 3600
+    # without a train cache, each training image goes through the encoder once an epoch
+    encoded = 0 if profile.feature_cache else n_train
+    epoch_h = (captions * decoder_flops + encoded * encoder_flops) / gpu_flops / 3600
     return {"profile": name, "images": n, "feature_cache": profile.feature_cache,
             "JPEGs GB": info["jpeg_gb"], "prepared GB": round(prepared_gb, 1),
             "features GB": round(features_gb, 1),

@@ -7,6 +7,18 @@ import sys
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+SET_HELP = ("profile fields to change, e.g. --set epochs=2 batch_size=16 (a variant: its data "
+            "and runs get folders of their own)")
+
+
+def _profile(args: argparse.Namespace, default: str | None = None):
+    """The profile of ``--profile`` (else ``default``, else $SAT_PROFILE) with ``--set``'s fields.
+
+    Raises ValueError naming an unknown profile or field, or a value its field cannot take.
+    """
+    from .config import get_profile, parse_overrides
+
+    return get_profile(args.profile or default, **parse_overrides(args.set))
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -15,21 +27,20 @@ def _data(args: argparse.Namespace) -> int:
     With ``--captions FILE --images DIR``: your own photos and captions become the dataset
     of the ``custom`` profile first.
     """
-    from .config import get_profile
     from .data import DatasetError, ensure_dataset, make_custom_dataset
 
     if (args.captions is None) != (args.images is None):
         return _fail("data", "--captions FILE and --images DIR go together: the CSV or TSV of "
                      "(image file, caption) rows and the folder its image paths start from")
-    profile = get_profile(args.profile or ("custom" if args.captions else None))
     try:
+        profile = _profile(args, "custom" if args.captions else None)
         if args.captions:
             if profile.dataset != "custom":
                 return _fail("data", f"--captions makes the 'custom' dataset, but profile "
                              f"{profile.name!r} uses {profile.dataset!r}; pass --profile custom")
             print(f"wrote {make_custom_dataset(args.captions, args.images, args.seed)}")
         print(ensure_dataset(profile))
-    except DatasetError as err:
+    except (DatasetError, ValueError) as err:
         return _fail("data", str(err))
     return 0
 
@@ -40,10 +51,12 @@ def _train(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .config import get_profile
     from .train import run_dir, train
 
-    profile = get_profile(args.profile)
+    try:
+        profile = _profile(args)
+    except ValueError as err:
+        return _fail("train", str(err))
     log = train(profile, attention=args.attention, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0:
         print(log.to_string(index=False))
@@ -127,13 +140,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .checkpoint import run_dir
-    from .config import get_profile
     from .evaluate import TABLE_COLUMNS, evaluate
 
     if args.beam < 1:
         return _fail("evaluate", f"--beam must be at least 1, got {args.beam}")
-    path = Path(args.checkpoint or run_dir(get_profile(args.profile), args.attention) / "best.pt")
+    if args.checkpoint and args.set:
+        return _fail("evaluate", "--set picks the default checkpoint (of a variant); a "
+                     "--checkpoint's own stored profile picks the data: give one or the other")
     try:
+        path = Path(args.checkpoint or run_dir(_profile(args), args.attention) / "best.pt")
         table, metrics = evaluate(path, args.split, args.beam, device=args.device,
                                   meteor=args.meteor)
     except (OSError, ValueError) as err:  # unloadable checkpoint, mismatched data: say which
@@ -167,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, metavar="DIR",
                    help="the folder the image files of --captions are in")
     p.add_argument("--seed", type=int, default=0, help="seed of the --captions split")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     p.set_defaults(func=_data)
 
     p = sub.add_parser("train", help="train the profile's decoder (resumes; works under torchrun)")
@@ -175,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from a matching last.pt (default); --no-resume starts afresh")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("caption", help="caption image files with a trained checkpoint")
@@ -204,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=True,
                    help="METEOR (a Java start of tens of seconds); --no-meteor skips it")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if any)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="fields of the default checkpoint's profile variant, as `sat train "
+                        "--set` made it")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("course", help="run every notebook in order (make course)")

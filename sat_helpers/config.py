@@ -7,9 +7,12 @@ the profile to the helpers, so the same code runs at CI scale, laptop scale and 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import typing
 from dataclasses import InitVar, asdict, dataclass, replace
 from pathlib import Path
 
@@ -146,7 +149,10 @@ PROFILES: dict[str, Profile] = {
     # seeds' α never left uniform. Measured over seeds, 24 epochs: benchmarks/hard_seeds.py,
     # benchmarks/results/hard_seeds-*.md (which also runs the authors' rule, λ_r = 1 with
     # reinforce_reward="authors" and λ_e = 0.002 · batch_size).
-    "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0),
+    # Feature cache batches of 16: on a 2-core CPU they encode faster than 32
+    # (benchmarks/bench_features.py).
+    "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0,
+                      feature_batch_size=16),
     # 224 px: the dilated ResNet-101's map is a true 14 x 14 (stride 16), never pooled up
     "flickr8k": Profile(
         name="flickr8k",
@@ -224,6 +230,63 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
         raise ValueError(
             f"Unknown profile field(s) {sorted(unknown)}; see sat_helpers.config.Profile.")
     return replace(profile, **overrides)
+
+
+TRUE, FALSE, NONE = ("true", "yes", "on"), ("false", "no", "off"), ("none", "null")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["epochs=2", "lr=3e-4", "gate=None"]`` -> ``{"epochs": 2, "lr": 0.0003, "gate": None}``.
+
+    Each value is parsed to its :class:`Profile` field's type (int, float, bool: true/false,
+    str, None: none); ``get_profile(name, **overrides)`` then makes the variant. A ValueError
+    names the item, the field and what it takes, or the valid fields.
+    """
+    types = typing.get_type_hints(Profile)
+    fields = [f.name for f in dataclasses.fields(Profile) if f.name != "name"]
+    overrides = {}
+    for item in items:
+        field, sep, text = item.partition("=")
+        field = field.strip()
+        if not sep or not field:
+            raise ValueError(f"{item!r} is not FIELD=VALUE (e.g. epochs=2).")
+        if field == "name":
+            raise ValueError("'name' is the profile itself: choose it with --profile.")
+        if field in RENAMED:
+            raise ValueError(renamed_message(field))
+        if field not in fields:
+            close = difflib.get_close_matches(field, fields, n=1)
+            raise ValueError(f"Unknown profile field {field!r}"
+                             f"{f' (did you mean {close[0]!r}?)' if close else ''}. "
+                             f"Valid fields: {', '.join(fields)}.")
+        if field in overrides:
+            raise ValueError(f"{field!r} is set twice ({field}={overrides[field]!r} and {item}).")
+        overrides[field] = _parse_value(field, text.strip(), types[field])
+    return overrides
+
+
+def _parse_value(field: str, text: str, kind) -> object:
+    """``text`` as the first of the field's types that reads it: None, bool, int, float, str."""
+    kinds = typing.get_args(kind) or (kind,)
+    low = text.lower()
+    if type(None) in kinds and low in NONE:
+        return None
+    if bool in kinds and low in TRUE + FALSE:
+        return low in TRUE
+    for number in (int, float):
+        if number in kinds:
+            try:
+                return number(text)
+            except ValueError:
+                pass
+    if str in kinds:
+        return text
+    names = {type(None): "None", bool: "true/false", int: "a whole number",
+             float: "a number", str: "text"}
+    takes = " or ".join(names[k] for k in kinds)
+    example = getattr(PROFILES["shapes"], field)
+    raise ValueError(f"{field}={text!r}: {field} takes {takes} (e.g. {field}="
+                     f"{str(example).lower() if isinstance(example, bool) else example}).")
 
 
 DATA_FIELDS = ("dataset", "shapes_images", "shapes_seed", "shapes_val_fraction",

@@ -3,8 +3,10 @@
 :class:`TrainingData` wires a profile's prepared data to a DataLoader: cached features for a
 frozen encoder, else the uint8 images and the :class:`~sat_helpers.encoder.Encoder` that
 encodes them on the device; one or all captions of each image per epoch
-(:class:`EpochCaptions`); a DistributedSampler so that under DDP rank r gets every N-th
-sample of the global order. :class:`CaptionModel` is the one module a run trains.
+(:func:`epoch_captions`), served caption by caption (:class:`EpochCaptions`) or, when the run
+encodes images, image by image so that each is encoded once an epoch (:class:`EpochImages`);
+a DistributedSampler so that under DDP rank r gets every N-th sample of the global order.
+:class:`CaptionModel` is the one module a run trains.
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ from .features import FeatureDataset, ensure_features
 from .images import annotation_vectors
 
 
+def epoch_captions(n_images: int, cpi: int, one_per_image: bool, seed: int,
+                   epoch: int) -> Tensor:
+    """The caption indices (n_images, c) an epoch trains on: each image's ``cpi`` captions, or
+    one seeded random one (c = 1). A function of the seed and the epoch only."""
+    if not one_per_image:
+        return torch.arange(n_images * cpi).view(n_images, cpi)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    pick = torch.randint(cpi, (n_images,), generator=g)
+    return (torch.arange(n_images) * cpi + pick)[:, None]
+
+
 class EpochCaptions(Dataset):
-    """One epoch's training pairs: every caption, or one seeded random caption per image."""
+    """One epoch's training pairs, one item per caption (``epoch_captions``)."""
 
     def __init__(self, dataset: Dataset, one_per_image: bool, seed: int):
         self.dataset, self.one_per_image, self.seed = dataset, one_per_image, seed
@@ -32,18 +45,35 @@ class EpochCaptions(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's caption of each image (a function of seed and epoch only)."""
-        if self.one_per_image:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            pick = torch.randint(self.cpi, (self.n_images,), generator=g)
-            self.index = torch.arange(self.n_images) * self.cpi + pick
-        else:
-            self.index = torch.arange(self.n_images * self.cpi)
+        self.index = epoch_captions(self.n_images, self.cpi, self.one_per_image, self.seed,
+                                    epoch).flatten()
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int):
         return self.dataset[int(self.index[i])]
+
+
+class EpochImages(EpochCaptions):
+    """The same pairs as :class:`EpochCaptions`, one item per image: (image, its c captions
+    (c, T), their lengths (c,)). Batches of these encode each image once, however many
+    captions it has (:func:`image_collate`, :meth:`CaptionModel.forward`)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's captions of each image (a function of seed and epoch only)."""
+        self.index = epoch_captions(self.n_images, self.cpi, self.one_per_image, self.seed, epoch)
+
+    def __getitem__(self, j: int):
+        rows = self.index[j]
+        return self.dataset.row(j), self.dataset.captions[rows], self.dataset.lengths[rows]
+
+
+def image_collate(batch: list[tuple]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack :class:`EpochImages` items: images (k, ...), captions (k·c, T), lengths (k·c,),
+    the captions image by image."""
+    images, captions, lengths = zip(*batch, strict=True)
+    return torch.stack(images), torch.cat(captions), torch.cat(lengths)
 
 
 class CaptionModel(nn.Module):
@@ -63,15 +93,27 @@ class CaptionModel(nn.Module):
         return x if self.encoder is None else annotation_vectors(self.encoder, x)
 
     def forward(self, x: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
-        """Teacher-forced outputs of the batch's features or images."""
-        return self.decoder(self.annotations(x), captions, lengths)
+        """Teacher-forced outputs of the batch's features or images.
+
+        ``x`` may hold fewer rows than there are captions (a batch of :class:`EpochImages`):
+        then each row is encoded once and serves the same number of consecutive captions.
+        """
+        features = self.annotations(x)
+        if len(captions) % len(features):
+            raise ValueError(f"{len(captions)} captions for {len(features)} images: each image "
+                             "needs the same number of consecutive captions.")
+        repeats = len(captions) // len(features)
+        return self.decoder(features.repeat_interleave(repeats, dim=0) if repeats > 1
+                            else features, captions, lengths)
 
 
 class TrainingData:
     """A run's datasets, vocabulary, loader and (when it encodes images) encoder.
 
     Rank 0 builds what is missing (dataset, feature cache); the other ranks wait, then reuse
-    it. The loader serves ``batch_size // world`` items per process.
+    it. The loader serves ``batch_size // world`` captions per process; when the run encodes
+    images, as whole images with all their captions of the epoch (:class:`EpochImages`):
+    ``batch_size // world // c`` images of c captions each (c = 5: 30 captions at 32).
     """
 
     def __init__(self, profile: Profile, rank: int, world: int, device: torch.device,
@@ -99,12 +141,18 @@ class TrainingData:
             self.val_set = FeatureDataset(features, self.dataset_dir, "val")
         self.vocab = self.train_set.vocab
         self.enc_dim = self.encoder.channels if self.encoder else self.train_set.features.shape[-1]
-        self.epoch_set = EpochCaptions(self.train_set, one_per_image, p.seed)
+        batch_size, collate = p.batch_size // world, caption_collate
+        if encode:  # batches of whole images: each is encoded once per epoch
+            self.epoch_set = EpochImages(self.train_set, one_per_image, p.seed)
+            captions = self.epoch_set.index.shape[1]
+            batch_size, collate = max(1, batch_size // captions), image_collate
+        else:
+            self.epoch_set = EpochCaptions(self.train_set, one_per_image, p.seed)
         self.sampler = DistributedSampler(self.epoch_set, num_replicas=world, rank=rank,
                                           shuffle=True, seed=p.seed)
-        self.loader = DataLoader(self.epoch_set, batch_size=p.batch_size // world,
-                                 sampler=self.sampler, collate_fn=caption_collate,
-                                 num_workers=p.num_workers, persistent_workers=False)
+        self.loader = DataLoader(self.epoch_set, batch_size=batch_size, sampler=self.sampler,
+                                 collate_fn=collate, num_workers=p.num_workers,
+                                 persistent_workers=False)
 
     def set_epoch(self, epoch: int) -> None:
         """This epoch's captions and shuffled order (both functions of the seed and epoch)."""

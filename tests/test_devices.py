@@ -30,7 +30,7 @@ CPU_BY_DESIGN = {
     "decoder.AttentionDecoder.forward": "row/column indices from Python ints, moved at once",
     "losses.HardAttentionLoss.before_batch": "a coin from a CPU generator, read as a bool",
     "search.greedy_search": "n_emitted: CPU bookkeeping, indexed with CPU indices",
-    "training_data.EpochCaptions.set_epoch": "a DataLoader's sample indices: CPU by nature",
+    "training_data.epoch_captions": "a DataLoader's sample indices: CPU by nature",
 }
 CPU_MODULES = {
     "check": "the exercises' checks make small CPU inputs for the learner's function and the "

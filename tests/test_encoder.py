@@ -283,3 +283,66 @@ def test_without_a_feature_cache_only_val_and_test_are_cached(tmp_path, monkeypa
     assert enc.cached_splits(get_profile("flickr8k")) == ("train", "val", "test")
     out = ensure_features(get_profile("quick", image_size=32, grid=2, feature_cache=False))
     assert sorted(p.name for p in out.glob("*.npy")) == ["test.npy", "val.npy"]
+
+
+def _randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm statistics and an affine map far from the identity."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+def _within_float16_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Features whose float16 values differ by at most one float16 step at the features' scale
+    (their largest magnitude): the rounding error a float16 cache already has there."""
+    a, b = a.half().float(), b.half().float()
+    step = float(np.spacing(np.float16(b.abs().max().item())))
+    return bool((a - b).abs().max() <= step) and not torch.equal(b, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("name, pretrained", [("efficientnet_lite0_s16", True),
+                                              ("resnet18", False)])
+def test_folded_batchnorm_gives_the_same_features(name, pretrained):
+    encoder = Encoder(name, pretrained=pretrained, grid=2, image_size=64).eval()
+    if not pretrained:
+        _randomise_batchnorm(encoder)
+    folded = feat.fold_batchnorm(encoder)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in encoder.modules())  # untouched
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())  # all folded
+    x = encoder.preprocess(torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
+    with torch.inference_mode():
+        assert _within_float16_rounding(folded(x), encoder(x))
+
+
+def test_an_encoder_that_does_not_fold_is_cached_as_it_is():
+    class BatchNormOutOfOrder(nn.Module):  # registers conv2 between conv1 and conv1's norm
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.norm = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), \
+                nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.conv2(self.norm(self.conv1(x)))
+
+    model = _randomise_batchnorm(BatchNormOutOfOrder()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        assert not torch.allclose(feat.fold_batchnorm(model)(x), model(x), atol=1e-2)
+        used, features = feat.fast_encoder(model, x, torch.contiguous_format)
+        assert used is model and torch.equal(features, model(x))
+
+
+def test_the_cache_holds_the_encoders_features_within_float16_rounding(tmp_path):
+    dataset = make_prepared(tmp_path / "prepared", size=64, counts={"val": 5})
+    encoder = Encoder("efficientnet_lite0_s16", grid=4, image_size=64)
+    cached = np.load(cache_features(encoder, dataset, "val", tmp_path / "features", batch_size=2))
+    images = torch.from_numpy(np.load(dataset / "val_images.npy")).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        direct = encoder.eval()(encoder.preprocess(images))
+    assert _within_float16_rounding(torch.from_numpy(cached), direct)

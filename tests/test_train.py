@@ -335,3 +335,51 @@ def test_encoding_on_the_device_trains_like_the_feature_cache(tiny, tmp_path):
         seed_everything(0)  # the same dropout masks
         losses.append(trainer.train_epoch())
     assert losses[0] == pytest.approx(losses[1], rel=1e-4), losses
+
+
+@pytest.fixture
+def uncached(tiny, tmp_path):
+    """The coco path on the tiny data: no training feature cache, every caption of each image."""
+    return tr.Trainer(replace(tiny, feature_cache=False), out_dir=tmp_path, one_per_image=False)
+
+
+def test_a_run_that_encodes_images_encodes_each_once_an_epoch(uncached):
+    encoded = []
+    uncached.encoder.register_forward_hook(lambda module, args, out: encoded.append(len(out)))
+    uncached.train_epoch()
+    assert sum(encoded) == len(uncached.train_set.meta)  # not once per caption (5 times)
+
+
+def test_image_batches_hold_every_pair_of_the_epoch_once(uncached, tiny):
+    train_set, cpi = uncached.train_set, uncached.train_set.captions_per_image
+    n = len(train_set.meta)
+    which = {train_set.image(j).numpy().tobytes(): j for j in range(n)}
+    assert len(which) == n  # every image tells which it is
+    expected = sorted((k // cpi, tuple(train_set.captions[k].tolist()), int(train_set.lengths[k]))
+                      for k in range(n * cpi))  # the pairs of a caption-by-caption epoch
+    for epoch in (0, 1):
+        uncached.data.set_epoch(epoch)
+        pairs, orders = [], []
+        for images, captions, lengths in uncached.loader:
+            assert len(captions) == cpi * len(images) <= tiny.batch_size
+            rows = [which[image.numpy().tobytes()] for image in images]
+            orders += rows
+            pairs += [(rows[i // cpi], tuple(c.tolist()), int(length))
+                      for i, (c, length) in enumerate(zip(captions, lengths, strict=True))]
+        assert sorted(pairs) == expected
+        if epoch == 0:
+            first = orders
+    assert orders != first  # reshuffled every epoch
+
+
+def test_an_image_batch_has_the_loss_of_encoding_per_caption(uncached):
+    images, captions, lengths = next(iter(uncached.loader))
+    cpi = len(captions) // len(images)
+    assert cpi == uncached.train_set.captions_per_image > 1
+    model, losses = uncached.caption_model.train(), []
+    for x in (images, images.repeat_interleave(cpi, dim=0)):  # each image once; per caption
+        seed_everything(0)  # the same dropout masks
+        losses.append(uncached.loss_fn(model(x, captions, lengths), captions, lengths)[0])
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0), losses
+    with pytest.raises(ValueError, match="the same number of consecutive captions"):
+        model(images[:3], captions[:5], lengths[:5])

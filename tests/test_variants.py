@@ -85,3 +85,50 @@ def test_variants_train_beside_the_course_and_leave_it_untouched(course):
     assert tr.finished_run(hard_only) == tr.run_dir(course) / "best.pt"
     assert sorted(p.name for p in (root / "runs").iterdir()) == sorted(
         {tr.run_dir(course).name, tr.run_dir(word).name, tr.run_dir(lam).name})
+
+
+def test_overrides_are_parsed_to_each_fields_type():
+    parsed = config.parse_overrides(["epochs=2", "lr=3e-4", "lam=1", "gate=None", "resize=squash",
+                                     "feature_cache=false", "fine_tune=true", "deterministic=On"])
+    assert parsed == {"epochs": 2, "lr": 3e-4, "lam": 1.0, "gate": None, "resize": "squash",
+                      "feature_cache": False, "fine_tune": True, "deterministic": True}
+    assert type(parsed["epochs"]) is int and type(parsed["lam"]) is float
+    assert config.parse_overrides(["fine_tune=2"]) == {"fine_tune": 2}  # bool | int: a count
+    assert config.parse_overrides(["gate=vector"]) == {"gate": "vector"}
+    assert config.parse_overrides([]) == {}
+
+
+@pytest.mark.parametrize("items, message", [
+    (["epoch=2"], r"Unknown profile field 'epoch' \(did you mean 'epochs'\?\)\. "
+                  r"Valid fields: dataset, .*batch_size, .*epochs"),
+    (["epochs=2.5"], r"epochs='2\.5': epochs takes a whole number \(e\.g\. epochs=24\)"),
+    (["lr=fast"], r"lr='fast': lr takes a number"),
+    (["feature_cache=1"], r"feature_cache takes true/false \(e\.g\. feature_cache=true\)"),
+    (["fine_tune=some"], r"fine_tune takes true/false or a whole number"),
+    (["epochs"], r"'epochs' is not FIELD=VALUE"),
+    (["name=mine"], r"choose it with --profile"),
+    (["epochs=1", "epochs=2"], r"'epochs' is set twice"),
+    (["semi_sampling_p=0.5"], r"now 'expected_context_p'"),
+])
+def test_a_bad_override_names_the_field_and_what_it_takes(items, message):
+    with pytest.raises(ValueError, match=message):
+        config.parse_overrides(items)
+
+
+def test_cli_overrides_build_a_variant_beside_the_course(course, capsys):
+    from sat_helpers.cli import main
+
+    variant = get_profile("tiny", min_word_freq=2, lam=0.5)
+    settings = ["--set", "min_word_freq=2", "lam=0.5"]
+    assert main(["data", "--profile", "tiny", *settings]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(prepared_dir(variant))
+    assert main(["train", "--profile", "tiny", "--device", "cpu", *settings]) == 0
+    assert str(tr.run_dir(variant)) in capsys.readouterr().out
+    assert (tr.run_dir(variant) / "best.pt").is_file() and tr.run_dir(variant) != tr.run_dir(course)
+    assert not tr.run_dir(course).exists() and not prepared_dir(course).exists()
+    assert main(["evaluate", "--profile", "tiny", "--no-meteor", "--device", "cpu", *settings]) == 0
+    assert str(tr.run_dir(variant) / "best.pt") in capsys.readouterr().out
+    assert main(["train", "--profile", "tiny", "--set", "epoch=1"]) == 1
+    assert "Unknown profile field 'epoch' (did you mean 'epochs'?)" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", "x.pt", "--set", "lam=0.5"]) == 1
+    assert "give one or the other" in capsys.readouterr().err
