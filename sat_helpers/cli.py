@@ -169,6 +169,44 @@ def _course(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _add_caption(sub) -> None:
+    """`sat caption`: caption image files with a trained checkpoint."""
+    p = sub.add_parser("caption", help="caption image files with a trained checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to use (default: the profile's runs/<profile>-soft/best.pt)")
+    p.add_argument("--profile", default=None, help="profile of the default checkpoint")
+    p.add_argument("--vocab", default=None, help="vocabulary JSON (default: the checkpoint's)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (1 = greedy)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="words per caption at most, <end> on top (default: the profile's)")
+    p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, 0 = none")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also save the attention figure (one file per image)")
+    p.set_defaults(func=_caption)
+
+
+def _add_evaluate(sub) -> None:
+    """`sat evaluate`: caption a split with a checkpoint and score it."""
+    p = sub.add_parser("evaluate", help="caption a split with a checkpoint and score it")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint to evaluate (default: runs/<profile>-<attention>/best.pt); "
+                        "its stored profile picks the data")
+    p.add_argument("--profile", default=None, help="profile of the default checkpoint")
+    p.add_argument("--attention", default="soft", choices=["soft", "hard"],
+                   help="run of the default checkpoint")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    p.add_argument("--rows", type=int, default=10, help="per-image rows to print")
+    p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=True,
+                   help="METEOR (a Java start of tens of seconds); --no-meteor skips it")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if any)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="fields of the default checkpoint's profile variant, as `sat train "
+                        "--set` made it")
+    p.set_defaults(func=_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = argparse.ArgumentParser(prog="sat", description=__doc__)
@@ -194,37 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help=SET_HELP)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("caption", help="caption image files with a trained checkpoint")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint to use (default: the profile's runs/<profile>-soft/best.pt)")
-    p.add_argument("--profile", default=None, help="profile of the default checkpoint")
-    p.add_argument("--vocab", default=None, help="vocabulary JSON (default: the checkpoint's)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (1 = greedy)")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="words per caption at most, <end> on top (default: the profile's)")
-    p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT alpha, 0 = none")
-    p.add_argument("--plot", default=None, metavar="PNG",
-                   help="also save the attention figure (one file per image)")
-    p.set_defaults(func=_caption)
-
-    p = sub.add_parser("evaluate", help="caption a split with a checkpoint and score it")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint to evaluate (default: runs/<profile>-<attention>/best.pt); "
-                        "its stored profile picks the data")
-    p.add_argument("--profile", default=None, help="profile of the default checkpoint")
-    p.add_argument("--attention", default="soft", choices=["soft", "hard"],
-                   help="run of the default checkpoint")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
-    p.add_argument("--rows", type=int, default=10, help="per-image rows to print")
-    p.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=True,
-                   help="METEOR (a Java start of tens of seconds); --no-meteor skips it")
-    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if any)")
-    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="fields of the default checkpoint's profile variant, as `sat train "
-                        "--set` made it")
-    p.set_defaults(func=_evaluate)
+    _add_caption(sub)
+    _add_evaluate(sub)
 
     p = sub.add_parser("course", help="run every notebook in order (make course)")
     p.add_argument("--profile", default=None)
