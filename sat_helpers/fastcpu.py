@@ -1,7 +1,8 @@
 """Decoding on the CPU, faster: the equations of ``AttentionDecoder.advance``, other kernels.
 
-Used only when decoding on the CPU: float32, no autograd, the decoder in eval mode (so no
-dropout, and hard attention takes the expected context). ``AttentionDecoder.init_state``
+Used only when decoding on the CPU: float32, no autograd, the decoder in eval mode, where
+both its dropouts (h_t before L_h, the deep output after its tanh) are the identity, so this
+step has none, and hard attention takes the expected context. ``AttentionDecoder.init_state``
 asks :func:`prepare` for the step's weights, and ``AttentionDecoder.step`` hands over to
 :func:`step` when :func:`applies`; everywhere else (CUDA, training, float16/64) the plain
 step runs. Three things make this one faster, none of which changes what it computes
