@@ -3,8 +3,10 @@
 One decoding step is written once, equation by equation, in :meth:`AttentionDecoder.advance`,
 in plain PyTorch: teacher-forced :meth:`AttentionDecoder.forward` runs it once per word on
 the captions still live, and the searches' :meth:`AttentionDecoder.step` once per word on
-every image (and beam). Only the projection of the annotation vectors, W_a a_i + b, is
-moved out of the time loop: it does not depend on t, so it is computed once per image.
+every image (and beam). Two parts are moved out of the time loop because they do not feed
+the next step: the projection of the annotation vectors, W_a a_i + b, computed once per
+image, and in teacher forcing the output layer (eq. 7), applied once to the words of all
+steps.
 
 Decoding on the CPU (eval mode, no autograd, float32) runs the same equations through
 faster kernels, behind one seam: :mod:`sat_helpers.fastcpu` (``init_state`` asks it for
@@ -42,7 +44,7 @@ class DecoderOutput(NamedTuple):
 class StepOutput(NamedTuple):
     """What one step of :meth:`AttentionDecoder.advance` computes, for the rows it was given."""
 
-    logits: Tensor  # (..., V) unnormalised log p(y_t | y_<t, a)
+    logits: Tensor | None  # (..., V) unnormalised log p(y_t | y_<t, a); None if output=False
     h: Tensor  # h_t
     c: Tensor  # c_t
     context: Tensor  # β_t ẑ_t, what the LSTM read
