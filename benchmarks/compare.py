@@ -62,8 +62,9 @@ def export(rev: str, folder: Path) -> Path:
     except subprocess.CalledProcessError as err:
         raise SystemExit(f"git archive {rev!r} failed ({err.stderr.strip()}): "
                          "pass --base a commit, tag or branch of this repository") from err
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
     with tarfile.open(archive) as tar:
-        tar.extractall(folder / "tree", filter="data")
+        tar.extractall(folder / "tree", **safe)
     return folder / "tree"
 
 
@@ -117,7 +118,7 @@ def report(rows: list[dict], base: str, args, load: tuple[float, float]) -> str:
     lines += ["| " + " | ".join(row[k] for k in head) + " |" for row in rows]
     changed = git("status", "--porcelain", "--untracked-files=no")
     dirty = " (with uncommitted changes)" if changed else ""
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"# Speed against a base commit (`python benchmarks/compare.py`)\n\n"
         f"Base `{base}` ({git('rev-parse', '--short', base)}) vs the working tree at "
@@ -140,6 +141,8 @@ def main() -> None:
                         help="timed training steps of each formulation a run")
     parser.add_argument("--images", type=int, default=24, help="images a beam search run")
     args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error("--repeats must be at least 2: the noise is the spread over the repeats")
     base = args.base or default_base()
     ratios: dict[str, dict[str, list[float]]] = {t: {b: [] for b in BARS} for t in ("base", "work")}
     load_before = os.getloadavg()[0]
