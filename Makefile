@@ -19,7 +19,7 @@ UV_LOWEST := $(LOWEST)/bin/uv pip install -q --compile-bytecode --python $(LOWES
 QUICK := SAT_PROFILE=quick OMP_NUM_THREADS=1
 PYTEST := -m pytest -q tests notebooks --nbval-lax -p no:cacheprovider
 
-.PHONY: course test lab lint bench student clean
+.PHONY: course test lab lint bench bench-tables student clean
 .PHONY: test-lowest test-browser book test-book
 
 $(STAMP): pyproject.toml
@@ -88,7 +88,14 @@ lint: $(STAMP)  ## ruff, module and function sizes, and the notebook checks
 student: $(STAMP)  ## student/: notebooks/ with the exercises' solutions cleared (nbgrader)
 	$(BIN)/python -m sat_helpers.editions
 
-bench: $(STAMP)  ## the benchmarks/ tables
+# Before merging a change to the decoder, training or search (docs/development.md): the
+# training step's and beam search's speed-ups against BASE, side by side in one run; exits 1
+# when one fell by more than the noise it measured. BASE: a commit, tag or branch (default:
+# the last v* tag, else origin/main, else main), e.g. `make bench BASE=0119d65`.
+bench: $(STAMP)  ## speed of the working tree against BASE; fails on a regression
+	$(BIN)/python benchmarks/compare.py $(if $(BASE),--base $(BASE))
+
+bench-tables: $(STAMP)  ## rerun every benchmarks/bench_*.py, rewriting benchmarks/results/
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

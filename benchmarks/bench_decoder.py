@@ -3,7 +3,8 @@
 The seed (sgrvinod's tutorial, which most Show-Attend-Tell code descends from) runs, at every
 word, the attention projection W_a a_i of all 196 annotation vectors, the weighted sum as a
 broadcast product that materialises a (B, P, enc) tensor, an ``nn.LSTMCell`` on the
-concatenated [E y; β ẑ], and the output layer, on the batch sorted by length.
+concatenated [E y; β ẑ], and the output layer (dropout at the same sites as AttentionDecoder),
+on the batch sorted by length.
 ``SeedDecoder`` below is that formulation with the weights of an ``AttentionDecoder``, so
 both compute the same function: the benchmark first checks that they give the same loss and
 the same gradients, then times one training step (forward, loss, backward, Adam) of each, in
@@ -14,7 +15,7 @@ Sizes (the seed's): batch 32, 14x14 = 196 positions, enc 2048, embed = att = dec
 vocab 10 000, captions of 8-22 tokens. Two models: the seed's (vector gate β, output layer
 on h) and the paper's (scalar β, deep output layer), the course default.
 
-    python benchmarks/bench_decoder.py [--threads 2] [--steps 5]
+    python benchmarks/bench_decoder.py [--threads 2] [--steps 5] [--pair MODEL]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 
 from sat_helpers.config import get_profile
 from sat_helpers.decoder import AttentionDecoder, DecoderOutput
-from sat_helpers.train import caption_loss
+from sat_helpers.losses import caption_loss
 
 SIZES = dict(batch=32, positions=196, enc=2048, dim=512, vocab=10_000, min_len=8, max_len=22)
 SMOKE = dict(batch=4, positions=9, enc=16, dim=8, vocab=50, min_len=3, max_len=7)  # --smoke
@@ -93,7 +94,8 @@ class SeedDecoder(nn.Module):
             emb = embeddings[:n, t]
             h, c = self.decode_step(torch.cat([emb, awe], dim=1), (h[:n], c[:n]))
             if self.deep:
-                preds = self.fc(self.dropout(torch.tanh(emb + self.L_h(h) + self.L_z(awe))))
+                out = torch.tanh(emb + self.L_h(self.dropout(h)) + self.L_z(awe))
+                preds = self.fc(self.dropout(out))
             else:
                 preds = self.fc(self.dropout(h))
             predictions[:n, t] = preds
@@ -148,8 +150,8 @@ def loss_of(variant: nn.Module, features, captions, lengths, profile):
     """The training loss of one batch, for either formulation."""
     if isinstance(variant, SeedDecoder):
         out, order = variant(features, captions, lengths)
-        return caption_loss(out, captions[order], lengths[order], profile)[0]
-    return caption_loss(variant(features, captions, lengths), captions, lengths, profile)[0]
+        return caption_loss(out, captions[order], lengths[order], profile.lam)[0]
+    return caption_loss(variant(features, captions, lengths), captions, lengths, profile.lam)[0]
 
 
 def check_same(model: str) -> dict:
@@ -219,7 +221,29 @@ def measure(model: str, variant: str, steps: int, threads: int) -> dict:
         times.append(time.perf_counter() - start)
     peak = peak_rss_mib()
     return {"seconds": statistics.median(times), "peak_rss_mib": peak,
-            "rss_before_mib": before}
+            "rss_before_mib": before, "module": sys.modules["sat_helpers"].__file__}
+
+
+def measure_pair(model: str, steps: int, threads: int) -> dict:
+    """Steps of the seed's formulation and of ours taken in turn in one process: the ratio of
+    their medians holds up better on a shared machine than two runs minutes apart."""
+    torch.set_num_threads(threads)
+    profile = get_profile("shapes", lam=1.0)
+    inputs = make_inputs()
+    nets = {"seed": SeedDecoder(make_decoder(model)).train(), "ours": make_decoder(model).train()}
+    optimizers = {k: torch.optim.Adam(net.parameters(), lr=1e-4) for k, net in nets.items()}
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    for i in range(steps + 1):  # the first round warms up (and makes Adam's state)
+        for k, net in nets.items():
+            start = time.perf_counter()
+            loss = loss_of(net, *inputs, profile)
+            optimizers[k].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[k].step()
+            if i:
+                times[k].append(time.perf_counter() - start)
+    return {"seed_s": statistics.median(times["seed"]), "ours_s": statistics.median(times["ours"]),
+            "module": sys.modules["sat_helpers"].__file__}
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -245,11 +269,17 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes: check that the benchmark runs (no results written)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--pair", metavar="MODEL", choices=MODELS,
+                        help="time both formulations of MODEL in turn in this process; print "
+                             "JSON (what benchmarks/compare.py runs against each tree)")
     args = parser.parse_args()
     if args.smoke:
         SIZES.update(SMOKE)
     if args.one:
         print(json.dumps(measure(*json.loads(args.one), args.steps, args.threads)))
+        return
+    if args.pair:
+        print(json.dumps(measure_pair(args.pair, args.steps, args.threads)))
         return
     torch.set_num_threads(args.threads)
     rows = []

@@ -14,13 +14,16 @@ attention scores), and with ``fastcpu.ENABLED = False``, the decoder's plain PyT
 alone gives.
 The decoder's weights are random; the <end> logit gets a moderate bias so that captions end
 at varied lengths. Prints a markdown table and writes benchmarks/results/search.md.
+``--one`` times only the seed loop and the package's search and prints them as JSON
+(what ``benchmarks/compare.py`` runs against each tree's sat_helpers).
 
-    python benchmarks/bench_search.py [--images 24] [--threads 2] [--repeats 3]
+    python benchmarks/bench_search.py [--images 24] [--threads 2] [--repeats 3] [--one]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import time
@@ -29,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+import sat_helpers
 from sat_helpers import fastcpu
 from sat_helpers.data import Vocab
 from sat_helpers.decoder import AttentionDecoder
@@ -135,6 +139,8 @@ def main() -> None:
     parser.add_argument("--end-bias", type=float, default=4.0, help="added to the <end> logit")
     parser.add_argument("--sharpness", type=float, default=8.0, help="scales the output layer")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the fastest counts")
+    parser.add_argument("--one", action="store_true",
+                        help="time the seed loop and the package's search; print JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     decoder, vocab = make_model(args.end_bias, args.sharpness)
@@ -143,6 +149,15 @@ def main() -> None:
         beam_search(decoder, feats[:2], BEAM, 3, vocab=vocab)  # warm-up
         batched, t_batched = timed(lambda: beam_search(decoder, feats, BEAM, MAX_LEN, vocab=vocab),
                                    args.repeats)
+        if args.one:
+            seed, t_seed = timed(lambda: [seed_beam_search(decoder, f, BEAM, MAX_LEN, vocab)
+                                          for f in feats], args.repeats)
+            _, again = timed(lambda: beam_search(decoder, feats, BEAM, MAX_LEN, vocab=vocab), 1)
+            t_batched = min(t_batched, again)  # the package's search before and after the seed's
+            same = all(b.tokens == s for b, s in zip(batched, seed, strict=True))
+            print(json.dumps({"seed_s": t_seed, "ours_s": t_batched, "same": same,
+                              "module": sat_helpers.__file__}))
+            return
         fastcpu.ENABLED = False
         plain, t_plain = timed(lambda: beam_search(decoder, feats, BEAM, MAX_LEN, vocab=vocab),
                                args.repeats)

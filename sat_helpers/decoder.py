@@ -3,8 +3,10 @@
 One decoding step is written once, equation by equation, in :meth:`AttentionDecoder.advance`,
 in plain PyTorch: teacher-forced :meth:`AttentionDecoder.forward` runs it once per word on
 the captions still live, and the searches' :meth:`AttentionDecoder.step` once per word on
-every image (and beam). Only the projection of the annotation vectors, W_a a_i + b, is
-moved out of the time loop: it does not depend on t, so it is computed once per image.
+every image (and beam). Two parts are moved out of the time loop because they do not feed
+the next step: the projection of the annotation vectors, W_a a_i + b, computed once per
+image, and in teacher forcing the output layer (eq. 7), applied once to the words of all
+steps.
 
 Decoding on the CPU (eval mode, no autograd, float32) runs the same equations through
 faster kernels, behind one seam: ``step`` hands over to :mod:`sat_helpers.fastcpu` only
@@ -43,7 +45,7 @@ class DecoderOutput(NamedTuple):
 class StepOutput(NamedTuple):
     """What one step of :meth:`AttentionDecoder.advance` computes, for the rows it was given."""
 
-    logits: Tensor  # (..., V) unnormalised log p(y_t | y_<t, a)
+    logits: Tensor | None  # (..., V) unnormalised log p(y_t | y_<t, a); None if output=False
     h: Tensor  # h_t
     c: Tensor  # c_t
     context: Tensor  # β_t ẑ_t, what the LSTM read
@@ -109,8 +111,9 @@ class AttentionDecoder(nn.Module):
         self.lstm_emb = nn.Linear(embed_dim, 4 * dec_dim)  # LSTM input: E y_{t-1} half (+ bias)
         self.lstm_ctx = nn.Linear(enc_dim, 4 * dec_dim, bias=False)  # LSTM input: β ẑ half
         self.lstm_hh = nn.Linear(dec_dim, 4 * dec_dim, bias=False)  # recurrent weights
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)  # on what L_o reads (after the deep output's tanh)
         if deep_output:
+            self.dropout_h = nn.Dropout(dropout)  # on h_t before L_h (capgen.py's proj_h)
             self.L_h = nn.Linear(dec_dim, embed_dim)  # deep output layer, eq. 7
             self.L_z = nn.Linear(enc_dim, embed_dim, bias=False)
             self.L_o = nn.Linear(embed_dim, vocab_size)
@@ -119,13 +122,17 @@ class AttentionDecoder(nn.Module):
 
     # -- one step, shared by forward() and step() ------------------------------------------
     def advance(self, prev_tokens: Tensor, h: Tensor, c: Tensor, features: Tensor,
-                projected: Tensor) -> StepOutput:
+                projected: Tensor, *, embedded: Tensor | None = None,
+                output: bool = True) -> StepOutput:
         """One word, as the paper writes it: y_{t-1}, h_{t-1}, c_{t-1} -> p(y_t), h_t, c_t.
 
         Any rows: prev_tokens (B,) with h, c (B, D), or (B, k) with (B, k, D) for k beams per
         image; features (B, P, E) and projected = W_a a + b (B, P, A) once per image.
+        Teacher forcing passes ``embedded`` (E y_{t-1}, looked up for every step at once) and
+        ``output=False``: eq. 7 feeds no later step, so :meth:`forward` applies
+        :meth:`output_layer` once to the rows of all steps after its loop (logits None here).
         """
-        Ey = self.embedding(prev_tokens)  # E y_{t-1}: the previous word's embedding (..., m)
+        Ey = self.embedding(prev_tokens) if embedded is None else embedded  # E y_{t-1} (..., m)
         # f_att (eq. 4): e_ti = w^T tanh(W_a a_i + b + W_h h_{t-1}); α_t = softmax(e_t) (eq. 5);
         # φ (eq. 6): ẑ_t = Σ_i α_ti a_i (soft, eq. 13), or a_{s_t} with s_t ~ α_t (hard, eq. 9)
         z, alpha, *hard = self.attention.attend(features, projected, self.attention.W_h(h))
@@ -133,13 +140,23 @@ class AttentionDecoder(nn.Module):
             z = torch.sigmoid(self.f_beta(h)) * z  # β_t = σ(f_β(h_{t-1})) gates ẑ_t (Sec. 4.2.1)
         # eq. 1: (i, f, o, g) = (σ, σ, σ, tanh)(T [E y_{t-1}; h_{t-1}; ẑ_t]), T as three maps
         h, c = lstm_update(self.lstm_emb(Ey) + self.lstm_hh(h) + self.lstm_ctx(z), c)  # eq. 2-3
-        if self.config["deep_output"]:  # eq. 7: L_o(E y_{t-1} + L_h h_t + L_z ẑ_t); the tanh
-            out = torch.tanh(Ey + self.L_h(h) + self.L_z(z))  # is the authors' code's
-        else:
-            out = h
-        logits = self.L_o(self.dropout(out))  # eq. 7: p(y_t | a, y_<t) ∝ exp(logits)
+        logits = self.output_layer(Ey, h, z) if output else None
         sample_log_prob, entropy = hard if hard else (None, None)
         return StepOutput(logits, h, c, z, alpha, sample_log_prob, entropy)
+
+    def output_layer(self, Ey: Tensor, h: Tensor, z: Tensor) -> Tensor:
+        """Eq. 7: logits of y_t from E y_{t-1}, h_t and ẑ_t, with the authors' two dropouts.
+
+        Deep output: L_o(dropout(tanh(E y_{t-1} + L_h dropout(h_t) + L_z ẑ_t))); the tanh and
+        both dropouts are the authors' code's (capgen.py drops h_t before L_h, and the tanh's
+        output). Without it, h_t goes straight to L_o: the two sites are one, and h_t is
+        dropped once (twice would drop 1 - (1 - p)^2 of it).
+        """
+        if self.config["deep_output"]:
+            out = torch.tanh(Ey + self.L_h(self.dropout_h(h)) + self.L_z(z))
+        else:
+            out = h
+        return self.L_o(self.dropout(out))  # p(y_t | a, y_<t) ∝ exp(logits)
 
     def _initial(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h_0 = tanh(f_init,h(mean a)), c_0 likewise, and W_a a + b for every position."""
@@ -176,32 +193,37 @@ class AttentionDecoder(nn.Module):
         live = [int((steps > t).sum()) for t in range(n_steps)]  # rows live at step t
         order_dev = order.to(features.device)
         features = features[order_dev]  # indexing copies ~3x faster than index_select on the CPU
-        captions = captions.index_select(0, order_dev)
+        words = captions.index_select(0, order_dev)[:, :n_steps].t()  # (T-1, B): time first
+        Ey = self.embedding(words)  # E y_{t-1} of every step at once
+        Ey_steps = Ey.unbind()  # per step: one gradient for all steps (no (T-1, B, m) per step)
         h, c, projected = self._initial(features)
         outs = []
         for t, n in enumerate(live):
-            out = self.advance(captions[:n, t], h[:n], c[:n], features[:n], projected[:n])
+            out = self.advance(words[t, :n], h[:n], c[:n], features[:n], projected[:n],
+                               embedded=Ey_steps[t][:n], output=False)
             h, c = out.h, out.c
             outs.append(out)
         rows = torch.cat([torch.arange(n) for n in live]).to(features.device)
         cols = torch.cat([torch.full((n,), t) for t, n in enumerate(live)]).to(features.device)
         where = (order_dev[rows], cols)
+        logits = self.output_layer(Ey[cols, rows], torch.cat([o.h for o in outs]),
+                                   torch.cat([o.context for o in outs]))  # eq. 7, all at once
 
         def unpack(parts: list[Tensor | None]) -> Tensor | None:
-            """Per-step (live, ...) parts -> (B, T-1, ...) in the caller's order, 0 elsewhere."""
+            """Live rows of every step, (Σ live, ...), -> (B, T-1, ...) in the caller's order."""
             if parts[0] is None:
                 return None
-            packed = torch.cat(parts)
-            out = packed.new_zeros(batch, n_steps, *packed.shape[1:])
-            return out.index_put(where, packed)
+            packed = parts[0] if len(parts) == 1 else torch.cat(parts)
+            return packed.new_zeros(batch, n_steps, *packed.shape[1:]).index_put_(where, packed)
 
         return DecoderOutput(
-            unpack([o.logits for o in outs]),
+            unpack([logits]),
             unpack([o.alpha for o in outs]),
             unpack([o.sample_log_prob for o in outs]),
             unpack([o.entropy for o in outs]),
         )
 
 
-PLAIN = {name: AttentionDecoder.__dict__[name] for name in ("advance", "_initial", "step")}
+PLAIN = {name: AttentionDecoder.__dict__[name]
+         for name in ("advance", "output_layer", "_initial", "step")}
 """The methods as shipped: :mod:`sat_helpers.fastcpu` runs only while these are the class's."""

@@ -1,15 +1,16 @@
 """Decoding on the CPU, faster: the equations of ``AttentionDecoder.advance``, other kernels.
 
-Used only when decoding on the CPU: float32, no autograd, the decoder in eval mode (so no
-dropout, and hard attention takes the expected context), and only for the package's own
-decoder: ``AttentionDecoder.step`` hands over to :func:`step` when :func:`applies`, which
-also asks that the decoder is an ``AttentionDecoder`` (not a subclass), its attention a
-``SoftAttention`` or ``HardAttention``, every other layer a plain ``nn.Linear``/``Embedding``/
-``Dropout`` without hooks, and no method of theirs replaced on the class or the instance. A
-learner's change (a subclass, a patched method, another layer) so reaches every search: the
-plain step runs it. Everywhere else (CUDA, training, float16/64) the plain step runs too.
-The step's weights are laid out once per decoder and kept until a parameter changes.
-Three things make this one faster, none of which changes what it computes
+Used only when decoding on the CPU: float32, no autograd, the decoder in eval mode (where
+both its dropouts, h_t before L_h and the deep output after its tanh, are the identity, so
+this step has none, and hard attention takes the expected context), and only for the
+package's own decoder: ``AttentionDecoder.step`` hands over to :func:`step` when
+:func:`applies`, which also asks that the decoder is an ``AttentionDecoder`` (not a
+subclass), its attention a ``SoftAttention`` or ``HardAttention``, every other layer a plain
+``nn.Linear``/``Embedding``/``Dropout`` without hooks, and no method of theirs replaced on the
+class or the instance. A learner's change (a subclass, a patched method, another layer) so
+reaches every search: the plain step runs it. Everywhere else (CUDA, training, float16/64)
+the plain step runs too. The step's weights are laid out once per decoder and kept until a
+parameter changes. Three things make this one faster, none of which changes what it computes
 (``tests/test_fastcpu.py`` checks the step outputs and the captions are the same):
 
 1. **Packed weights.** A decoding step multiplies few rows (k beams of a few images) by

@@ -103,3 +103,53 @@ def test_embedding_starts_at_the_authors_scale():
     dec = AttentionDecoder(vocab_size=500, enc_dim=16, embed_dim=64, dec_dim=32, att_dim=16)
     weight = dec.embedding.weight
     assert abs(float(weight.mean())) < 1e-3 and 0.009 < float(weight.std()) < 0.011
+
+
+def dropout_inputs(dec: AttentionDecoder, run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(input, output) of each of the decoder's dropout modules during ``run()``."""
+    seen = {}
+    hooks = [module.register_forward_hook(
+        lambda m, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+        for name, module in dec.named_modules() if isinstance(module, torch.nn.Dropout)]
+    run()
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("deep_output", [True, False])
+def test_dropout_at_the_authors_sites(deep_output):
+    """capgen.py drops h_t before L_h and the deep output after its tanh; both drop p, in
+    training only, and neither reaches the recurrence (α is the same as in eval mode)."""
+    p = 0.3
+    torch.manual_seed(0)
+    dec = AttentionDecoder(V, E, embed_dim=40, dec_dim=48, att_dim=8, dropout=p,
+                           deep_output=deep_output).double().train()
+    feats, caps, lengths = batch(lengths=(9, 7, 8, 9) * 8)
+    rows = int((lengths - 1).sum())
+    seen = dropout_inputs(dec, lambda: dec(feats, caps, lengths))
+    # what each site reads: h_t (dec_dim) before L_h, tanh(...) (embed_dim) before L_o;
+    # without the deep output h_t goes straight to L_o and is dropped once
+    expected = {"dropout_h": 48, "dropout": 40} if deep_output else {"dropout": 48}
+    assert {name: x.shape for name, (x, _) in seen.items()} == {
+        name: (rows, dim) for name, dim in expected.items()}
+    for name, (x, y) in seen.items():
+        dropped = (y == 0) & (x != 0)
+        assert abs(dropped.double().mean().item() - p) < 0.03, name
+        assert torch.allclose(y[~dropped], x[~dropped] / (1 - p)), name
+    train_alphas = dec(feats, caps, lengths).alphas
+    seen = dropout_inputs(dec.eval(), lambda: dec(feats, caps, lengths))
+    assert seen and all(torch.equal(x, y) for x, y in seen.values())
+    assert torch.allclose(dec(feats, caps, lengths).alphas, train_alphas, atol=1e-12)
+
+
+def test_the_step_drops_out_in_training_only():
+    """advance(), the searches' step, drops out at the same sites as teacher forcing."""
+    dec = make(dropout=0.5)
+    feats, caps, _ = batch()
+    h, c, projected = dec._initial(feats)
+    eval_logits = dec.advance(caps[:, 0], h, c, feats, projected).logits
+    seen = dropout_inputs(dec.train(), lambda: dec.advance(caps[:, 0], h, c, feats, projected))
+    assert set(seen) == {"dropout_h", "dropout"}
+    assert not torch.allclose(dec.advance(caps[:, 0], h, c, feats, projected).logits,
+                              eval_logits)
