@@ -47,7 +47,8 @@ def make_model(end_bias: float, sharpness: float) -> tuple[AttentionDecoder, Voc
     torch.manual_seed(0)
     vocab = Vocab([f"w{i}" for i in range(VOCAB - 4)])
     decoder = AttentionDecoder(VOCAB, ENC, DIM, DIM, DIM).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # words far apart, as in a trained model (the init is 0.01): the
+        decoder.embedding.weight.normal_()  # captions run as long as at earlier commits
         decoder.L_o.weight.mul_(sharpness)
         decoder.L_o.bias[vocab.end_id] += end_bias
     return decoder, vocab

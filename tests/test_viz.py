@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 class TinyEncoder(torch.nn.Module):
     """uint8 (B, 3, 16, 16) -> a 2x2 grid of 3-d annotation vectors; frozen, like a real one."""
 
-    input_size, trainable_blocks = 16, []
+    input_size, trainable_blocks, resize = 16, [], "squash"
 
     def preprocess(self, images):
         return torch.nn.functional.interpolate(images.float() / 255, size=(16, 16))
@@ -33,6 +33,7 @@ def model():
     vocab = Vocab(["red", "blue", "circle", "star"])
     dec = AttentionDecoder(len(vocab), 3, embed_dim=4, dec_dim=6, att_dim=5)
     with torch.no_grad():
+        dec.embedding.weight.normal_()  # words far apart (the init is 0.01): a caption of words
         dec.L_o.weight.mul_(4)
         dec.L_o.bias[vocab.end_id] -= 1.0
     return dec, vocab
