@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from PIL import Image
 
+from sat_helpers.config import GITHUB_REPO
 from sat_helpers.editions import COLAB
 
 from .widgets import STATE, VIEW, static_output, widget_models
@@ -22,6 +23,15 @@ from .widgets import STATE, VIEW, static_output, widget_models
 FIGURE_WIDTH = 1000
 """Widest figure kept, in pixels: the page's column is narrower, so wider ones are scaled."""
 EDITIONS = (("teacher edition", "notebooks"), ("student edition", "student"))
+REPO_FILES = f"https://github.com/{GITHUB_REPO}/blob/main/"
+"""Where a notebook's links to the repository's other files (docs/, benchmarks/) point."""
+_REPO_LINK = re.compile(r"\]\(\.\./((?:[\w.-]+/)*[\w.-]+\.(?!ipynb\b)\w+(?:#[\w-]*)?)\)")
+
+
+def repo_links(text: str) -> str:
+    """Markdown links from a notebook to a repository file (`../docs/speed.md`) made absolute:
+    the book holds the notebooks only, so they point at the file on GitHub."""
+    return _REPO_LINK.sub(lambda m: f"]({REPO_FILES}{m.group(1)})", text)
 
 
 def colab_links(name: str) -> str:
@@ -83,6 +93,8 @@ def chapter(nb: Mapping, name: str) -> dict:
     for cell in page["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"] = _web_outputs(cell.get("outputs", []), models)
+        elif cell["cell_type"] == "markdown":
+            cell["source"] = repo_links(_text(cell["source"]))
     return page
 
 

@@ -13,6 +13,7 @@ import nbformat
 import pytest
 from PIL import Image
 
+from book import pages
 from book.build import remote_assets, stage
 from book.landing import Chapter, footer, landing_page
 from book.pages import FIGURE_WIDTH, chapter, fit_png, title_and_summary
@@ -174,3 +175,15 @@ def test_git_commit_marks_uncommitted_changes(tmp_path):
     assert git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert git_commit(tmp_path) == head + "+"
+
+
+def test_links_to_repository_files_point_at_github():
+    """A notebook's link to docs/ or benchmarks/ leaves the book's pages: it goes to GitHub;
+    links between notebooks and to the web stay as they are."""
+    text = ("[d](../docs/departures.md), [s](../benchmarks/results/search.md#top), "
+            "[n](03_attention.ipynb#Notation), [w](https://example.org/a.md)")
+    assert pages.repo_links(text) == (
+        f"[d]({pages.REPO_FILES}docs/departures.md), "
+        f"[s]({pages.REPO_FILES}benchmarks/results/search.md#top), "
+        "[n](03_attention.ipynb#Notation), [w](https://example.org/a.md)")
+    assert pages.REPO_FILES.startswith(f"https://github.com/{GITHUB_REPO}/")
