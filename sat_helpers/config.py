@@ -147,8 +147,9 @@ PROFILES: dict[str, Profile] = {
     # a whole caption's log-likelihood, and its noise is all the attention hears in a sampled
     # minibatch), and with the baseline started at the first sampled minibatch's mean most
     # seeds' α never left uniform. Measured over seeds, 24 epochs: benchmarks/hard_seeds.py,
-    # benchmarks/results/hard_seeds-*.md (which also runs the authors' rule, λ_r = 1 with
-    # reinforce_reward="authors" and λ_e = 0.002 · batch_size).
+    # benchmarks/results/hard_seeds-*.md. The authors' rule (λ_r = 1 with
+    # reinforce_reward="authors", λ_e = 0.002 · batch_size) left α uniform on every seed:
+    # benchmarks/results/hard_seeds-shapes-e24.md.
     # Feature cache batches of 16: on a 2-core CPU they encode faster than 32
     # (benchmarks/bench_features.py).
     "shapes": Profile(name="shapes", lam=0.0, reinforce_weight=0.01, entropy_weight=0.0,
