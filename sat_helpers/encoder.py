@@ -33,12 +33,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .images import (  # noqa: F401 - normalise, pil_to_tensor re-exported
+from .images import (  # noqa: F401 - normalise re-exported
     check_resize,
     image_to_input,
     normalise,
     open_image,
-    pil_to_tensor,
 )
 from .weights import (  # noqa: F401 - re-exported
     LITE0_PACKAGE,

@@ -143,11 +143,6 @@ def image_tensor(image: ImageSource | np.ndarray | torch.Tensor, size: int,
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
-def pil_to_tensor(image: Image.Image, size: int, resize: str = "squash") -> torch.Tensor:
-    """A PIL image as uint8 (3, size, size) RGB, made square as the datasets are."""
-    return image_tensor(image, size, resize)
-
-
 def normalise(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float (B, 3, size, size): resized if needed, then (x - mean) / std."""
     x = images.float()
