@@ -82,7 +82,8 @@ class Profile:
     reinforce_reward: str = "caption_sum"
     epochs: int = 24  # the budget: fixed epochs give the same model on any machine
     train_minutes: float = 60.0  # a safety cap only, for very slow machines
-    lr_decay: float = 0.8
+    lr_schedule: str = "plateau"  # or "cosine": how the learning rate falls (train.lr_scheduler)
+    lr_decay: float = 0.8  # "plateau": the factor, after lr_patience epochs without progress
     lr_patience: int = 3
     early_stop_patience: int = 8
     num_workers: int = 0

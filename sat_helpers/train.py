@@ -59,6 +59,7 @@ from .search import greedy_search
 from .training_data import CaptionModel, EpochCaptions, TrainingData  # noqa: F401 - re-exported
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_bleu4", "lr", "seconds"]
+LR_SCHEDULES = ("plateau", "cosine")
 LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the GPU)
 
 
@@ -72,6 +73,23 @@ def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
     return AttentionDecoder(vocab_size, enc_dim, profile.embed_dim, profile.dec_dim,
                             profile.att_dim, profile.dropout, attention, profile.gate,
                             profile.deep_output)
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, profile: Profile):
+    """The profile's learning-rate schedule, stepped once an epoch.
+
+    "plateau": × ``lr_decay`` after ``lr_patience`` epochs without a better validation BLEU-4.
+    "cosine": down a half cosine from ``lr`` towards 0 over the ``epochs`` budget, so that the
+    last epochs take small steps and the model settles instead of jumping around its optimum.
+    """
+    if profile.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=profile.lr_decay,
+            patience=max(0, profile.lr_patience - 1), threshold=0.0)
+    if profile.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=profile.epochs)
+    raise ValueError(f"Profile {profile.name!r}: lr_schedule={profile.lr_schedule!r} is not one "
+                     f"of {LR_SCHEDULES}; set lr_schedule to one of them.")
 
 
 class Trainer:
@@ -104,9 +122,7 @@ class Trainer:
             groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad],
                            "lr": profile.encoder_lr})
         self.optimizer = torch.optim.Adam(groups)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=profile.lr_decay,
-            patience=max(0, profile.lr_patience - 1), threshold=0.0)
+        self.scheduler = lr_scheduler(self.optimizer, profile)
         self.amp = autocast_dtype(profile, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.epoch, self.best_bleu4, self.bad_epochs = 0, -1.0, 0
@@ -194,7 +210,10 @@ class Trainer:
         self.best_bleu4 = max(self.best_bleu4, bleu4)
         self.bad_epochs = 0 if improved else self.bad_epochs + 1
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step(bleu4)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(bleu4)
+        else:
+            self.scheduler.step()
         self.epoch, self.train_seconds = self.epoch + 1, self.train_seconds + seconds
         self.log.append({"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss,
                          "val_bleu4": bleu4, "lr": lr, "seconds": round(seconds, 2)})

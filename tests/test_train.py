@@ -383,3 +383,26 @@ def test_an_image_batch_has_the_loss_of_encoding_per_caption(uncached):
     assert torch.allclose(losses[0], losses[1], rtol=1e-6, atol=0), losses
     with pytest.raises(ValueError, match="the same number of consecutive captions"):
         model(images[:3], captions[:5], lengths[:5])
+
+
+def test_cosine_schedule_falls_to_zero_over_the_budget_and_resumes(tiny, tmp_path):
+    import math
+
+    cosine = replace(tiny, lr_schedule="cosine", epochs=4)
+    expected = [cosine.lr * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    whole = tr.train(cosine, out_dir=tmp_path / "whole")
+
+    def stop_after_two_epochs(log):
+        if len(log) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(cosine, out_dir=tmp_path / "cut", callback=stop_after_two_epochs)
+    resumed = tr.train(cosine, out_dir=tmp_path / "cut")
+    assert whole.lr.tolist() == pytest.approx(expected)
+    assert resumed.lr.tolist() == pytest.approx(expected)
+
+
+def test_an_unknown_schedule_is_refused_with_the_choices(tiny, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule='linear'.*plateau.*cosine"):
+        tr.train(replace(tiny, lr_schedule="linear"), out_dir=tmp_path)

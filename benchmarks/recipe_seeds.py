@@ -1,0 +1,72 @@
+"""Training recipes over seeds: which profile settings reach the course's quality soonest.
+
+Trains the profile's soft or hard model for every seed under each variant (profile fields
+changed as ``sat train --set`` changes them, e.g. ``"dropout=0.3 epochs=16"``), everything else
+equal, each run in its own folder under data_root()/experiments/recipes/ (a finished folder is
+scored, not retrained), and scores it on the test split as notebook 07 does: greedy BLEU-4,
+noun-phrase pointing, the mean entropy of α, and the training minutes (the epochs' own time,
+which depends on the machine and what else ran on it). Writes
+benchmarks/results/recipes-<profile>-<attention>-<name>.md: every run, then per variant the
+mean, the standard deviation and the worst over the seeds.
+
+    python benchmarks/recipe_seeds.py --attention soft --seeds 0 1 2
+        --variants "" "dropout=0.3" --name dropout
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+import torch
+from baseline_start import score
+from bench_search import markdown
+from hard_seeds import summary
+
+from sat_helpers import train as tr
+from sat_helpers.config import data_root, get_profile, parse_overrides
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def label(variant: str) -> str:
+    """The variant as the tables show it: its overrides, or "profile" for none."""
+    return " ".join(variant.split()) or "profile"
+
+
+def run(profile_name: str, attention: str, variant: str, seed: int) -> dict:
+    """Train (or reuse) one model of this variant and seed; its test numbers."""
+    p = get_profile(profile_name, seed=seed, **parse_overrides(variant.split()))
+    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", label(variant))
+    out = data_root() / "experiments" / "recipes" / f"{p.name}-{attention}-{slug}-s{seed}"
+    log = tr.train(p, attention, resume=True, out_dir=out)
+    return {"variant": label(variant), "seed": seed, **score(p, out, log)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="shapes")
+    parser.add_argument("--attention", choices=("soft", "hard"), default="soft")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=[""],
+                        help='profile overrides per variant, e.g. "" "dropout=0.3 lr=2e-3"')
+    parser.add_argument("--name", default="variants", help="the results file's suffix")
+    args = parser.parse_args()
+    table = pd.DataFrame([run(args.profile, args.attention, v, s)
+                          for v in args.variants for s in args.seeds])
+    text = (f"# {args.attention.capitalize()} attention: recipes over seeds "
+            f"(`python benchmarks/recipe_seeds.py`)\n\n"
+            f"Profile {args.profile} ({args.attention}), each variant the profile with the "
+            f"fields it names changed; test split, greedy captions, torch {torch.__version__}. "
+            f"Every run's own numbers, then per variant the mean, standard deviation and worst "
+            f"over the seeds.\n\n{markdown(table, digits=3)}\n\n"
+            f"{markdown(summary(table, ['variant']), digits=3)}\n")
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"recipes-{args.profile}-{args.attention}-{args.name}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
