@@ -10,7 +10,7 @@ benchmarks/results/recipes-<profile>-<attention>-<name>.md: every run, then per 
 mean, the standard deviation and the worst over the seeds.
 
     python benchmarks/recipe_seeds.py --attention soft --seeds 0 1 2
-        --variants "" "dropout=0.3" --name dropout
+        --variants "" "dropout=0.3" --name dropout [--score-only]
 """
 
 from __future__ import annotations
@@ -36,12 +36,22 @@ def label(variant: str) -> str:
     return " ".join(variant.split()) or "profile"
 
 
-def run(profile_name: str, attention: str, variant: str, seed: int) -> dict:
-    """Train (or reuse) one model of this variant and seed; its test numbers."""
+def run(profile_name: str, attention: str, variant: str, seed: int,
+        score_only: bool = False) -> dict | None:
+    """Train (or reuse) one model of this variant and seed; its test numbers.
+
+    ``score_only``: score the folder's finished run as it is, None if it has none.
+    """
     p = get_profile(profile_name, seed=seed, **parse_overrides(variant.split()))
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", label(variant))
     out = data_root() / "experiments" / "recipes" / f"{p.name}-{attention}-{slug}-s{seed}"
-    log = tr.train(p, attention, resume=True, out_dir=out)
+    if score_only:
+        last = out / "last.pt"
+        if not (last.exists() and torch.load(last, weights_only=True).get("finished")):
+            return None
+        log = pd.read_csv(out / "log.csv")
+    else:
+        log = tr.train(p, attention, resume=True, out_dir=out)
     return {"variant": label(variant), "seed": seed, **score(p, out, log)}
 
 
@@ -53,9 +63,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=[""],
                         help='profile overrides per variant, e.g. "" "dropout=0.3 lr=2e-3"')
     parser.add_argument("--name", default="variants", help="the results file's suffix")
+    parser.add_argument("--score-only", action="store_true",
+                        help="train nothing: score the runs already there, leave out the rest")
     args = parser.parse_args()
-    table = pd.DataFrame([run(args.profile, args.attention, v, s)
-                          for v in args.variants for s in args.seeds])
+    rows = [run(args.profile, args.attention, v, s, args.score_only)
+            for v in args.variants for s in args.seeds]
+    table = pd.DataFrame([row for row in rows if row is not None])
     text = (f"# {args.attention.capitalize()} attention: recipes over seeds "
             f"(`python benchmarks/recipe_seeds.py`)\n\n"
             f"Profile {args.profile} ({args.attention}), each variant the profile with the "
