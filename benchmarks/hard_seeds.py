@@ -57,6 +57,18 @@ def summary(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"runs": groups.size(), **parts}).reset_index()
 
 
+def write_results(name: str, heading: str, intro: str, table: pd.DataFrame,
+                  by: list[str]) -> None:
+    """Print and write benchmarks/results/<name>.md: every run's row, then per setting (the
+    ``by`` columns) the mean, standard deviation and worst over the seeds."""
+    text = (f"# {heading}\n\n{intro} Every run's own numbers, then per setting the mean, "
+            f"standard deviation and worst over the seeds.\n\n{markdown(table, digits=3)}\n\n"
+            f"{markdown(summary(table, by), digits=3)}\n")
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text)
+
+
 def entropy_settings(args, batch_size: int) -> list[tuple[str, float]]:
     """(label, λ_e in the package's units) for each λ_e asked for, in either unit."""
     settings = [(f"{w:g}", w) for w in args.entropy_weights]
@@ -82,18 +94,12 @@ def main() -> None:
     settings = itertools.product(args.rewards, args.weights,
                                  entropy_settings(args, profile.batch_size), args.seeds)
     table = pd.DataFrame([run(profile, *setting) for setting in settings])
-    text = (f"# Hard attention over seeds (`python benchmarks/hard_seeds.py`)\n\n"
-            f"Profile {profile.name}, {profile.epochs} epochs per run, batch {profile.batch_size}, "
-            f"test split, greedy captions, torch {torch.__version__}. λ_e in the package's units "
-            f"(the authors' alpha_entropy_c × batch size). Every run's own numbers, then per "
-            f"setting the mean, standard deviation and worst over the seeds.\n\n"
-            f"{markdown(table, digits=3)}\n\n"
-            f"{markdown(summary(table, ['reward', 'λ_r', 'λ_e']), digits=3)}\n")
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"hard_seeds-{profile.name}-e{profile.epochs}-{'-'.join(args.rewards)}.md"
-     ).write_text(text)
-
+    write_results(
+        f"hard_seeds-{profile.name}-e{profile.epochs}-{'-'.join(args.rewards)}",
+        "Hard attention over seeds (`python benchmarks/hard_seeds.py`)",
+        f"Profile {profile.name}, {profile.epochs} epochs per run, batch {profile.batch_size}, "
+        f"test split, greedy captions, torch {torch.__version__}. λ_e in the package's units "
+        f"(the authors' alpha_entropy_c × batch size).", table, ["reward", "λ_r", "λ_e"])
 
 if __name__ == "__main__":
     main()

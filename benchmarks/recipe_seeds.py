@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
 import pandas as pd
 import torch
 from baseline_start import score
-from bench_search import markdown
-from hard_seeds import summary
+from hard_seeds import write_results
 
 from sat_helpers import train as tr
 from sat_helpers.config import data_root, get_profile, parse_overrides
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def label(variant: str) -> str:
@@ -69,17 +65,13 @@ def main() -> None:
     rows = [run(args.profile, args.attention, v, s, args.score_only)
             for v in args.variants for s in args.seeds]
     table = pd.DataFrame([row for row in rows if row is not None])
-    text = (f"# {args.attention.capitalize()} attention: recipes over seeds "
-            f"(`python benchmarks/recipe_seeds.py`)\n\n"
-            f"Profile {args.profile} ({args.attention}), each variant the profile with the "
-            f"fields it names changed; test split, greedy captions, torch {torch.__version__}. "
-            f"Every run's own numbers, then per variant the mean, standard deviation and worst "
-            f"over the seeds.\n\n{markdown(table, digits=3)}\n\n"
-            f"{markdown(summary(table, ['variant']), digits=3)}\n")
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"recipes-{args.profile}-{args.attention}-{args.name}.md").write_text(text)
-
+    write_results(
+        f"recipes-{args.profile}-{args.attention}-{args.name}",
+        f"{args.attention.capitalize()} attention: recipes over seeds "
+        f"(`python benchmarks/recipe_seeds.py`)",
+        f"Profile {args.profile} ({args.attention}), each variant the profile with the fields "
+        f"it names changed; test split, greedy captions, torch {torch.__version__}.",
+        table, ["variant"])
 
 if __name__ == "__main__":
     main()

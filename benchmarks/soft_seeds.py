@@ -23,15 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 from baseline_start import score
-from bench_search import markdown
-from hard_seeds import summary
+from hard_seeds import write_results
 
 from sat_helpers import train as tr
 from sat_helpers.attention import paper_lam_to_package
 from sat_helpers.config import data_root, get_profile
 from sat_helpers.data import ensure_dataset
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def words_per_caption(profile) -> float:
@@ -62,17 +59,13 @@ def main() -> None:
     lams = {lp: paper_lam_to_package(lp, profile.grid ** 2, words) for lp in args.paper_lams}
     table = pd.DataFrame([run(profile, lp, lam, s) for lp, lam in lams.items()
                           for s in args.seeds])
-    text = (f"# Soft attention over seeds (`python benchmarks/soft_seeds.py`)\n\n"
-            f"Profile {profile.name}, {profile.epochs} epochs per run, {profile.grid ** 2} "
-            f"positions, {words:.2f} target words per training caption, test split, greedy "
-            f"captions, torch {torch.__version__}. λ (package) = λ (eq. 14) × positions / words "
-            f"per caption. Every run's own numbers, then per λ the mean, standard deviation "
-            f"and worst over the seeds.\n\n{markdown(table, digits=3)}\n\n"
-            f"{markdown(summary(table, ['λ (eq. 14)', 'λ (package)']), digits=3)}\n")
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"soft_seeds-{profile.name}-e{profile.epochs}.md").write_text(text)
-
+    write_results(
+        f"soft_seeds-{profile.name}-e{profile.epochs}",
+        "Soft attention over seeds (`python benchmarks/soft_seeds.py`)",
+        f"Profile {profile.name}, {profile.epochs} epochs per run, {profile.grid ** 2} "
+        f"positions, {words:.2f} target words per training caption, test split, greedy "
+        f"captions, torch {torch.__version__}. λ (package) = λ (eq. 14) × positions / words "
+        f"per caption.", table, ["λ (eq. 14)", "λ (package)"])
 
 if __name__ == "__main__":
     main()
