@@ -75,7 +75,8 @@ def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
                             profile.deep_output)
 
 
-def lr_scheduler(optimizer: torch.optim.Optimizer, profile: Profile):
+def lr_scheduler(optimizer: torch.optim.Optimizer,
+                 profile: Profile) -> torch.optim.lr_scheduler.LRScheduler:
     """The profile's learning-rate schedule, stepped once an epoch.
 
     "plateau": × ``lr_decay`` after ``lr_patience`` epochs without a better validation BLEU-4.
