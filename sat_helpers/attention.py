@@ -8,14 +8,17 @@ then α_t = softmax(e_t) (eq. 5). Soft attention returns the expected context Σ
 ``W_a a_i + b`` does not depend on t, so :meth:`SoftAttention.project` computes it once per
 image and the decoder passes it back at every word. Every method takes one query per image,
 (B, ·), or k queries per image, (B, k, ·) (beam search: k beams share one image's features).
-Everything here is plain PyTorch; the CPU decoding path (``sat_helpers.fastcpu``) computes
-the same scores in cache-sized blocks.
+Everything here is plain PyTorch. On the CPU in float32 the scores go through
+:class:`MLPScores`, the same e_ti with its gradient written out (a faster training step
+there: docs/speed.md); the CPU decoding path (``sat_helpers.fastcpu``) computes them in
+cache-sized blocks.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def _check_shapes(features: Tensor, projected: Tensor, query: Tensor) -> None:
@@ -69,13 +72,25 @@ class SoftAttention(nn.Module):
         squeeze = query.dim() == 2
         if squeeze:
             query = query.unsqueeze(1)  # (B, 1, att): one row per image
-        scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
+        if self.written_out(projected, query):  # the same e_ti, its backward by hand
+            scores = MLPScores.apply(projected, query, self.w.weight.squeeze(0))
+        else:
+            scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
         if mask is not None:  # (B, P): False where a position is padding
             if not bool(mask.any(dim=-1).all()):
                 raise ValueError(
                     "mask leaves an image with no position to attend to (a row of all False)")
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         return scores.squeeze(1) if squeeze else scores  # (B, k, P)
+
+    def written_out(self, projected: Tensor, query: Tensor) -> bool:
+        """Whether :class:`MLPScores` computes exactly this module's scores: float32 on the CPU
+        (no autocast), w still the plain bias-free ``nn.Linear`` without hooks."""
+        w = self.w
+        return (projected.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+                and projected.dtype == query.dtype == w.weight.dtype == torch.float32
+                and type(w) is nn.Linear and w.bias is None
+                and not (w._forward_hooks or w._forward_pre_hooks))
 
     def weights(self, projected: Tensor, query: Tensor, mask: Tensor | None = None) -> Tensor:
         """α = softmax over positions of the scores (eq. 5), from W_a a + b and W_h h."""
@@ -88,6 +103,33 @@ class SoftAttention(nn.Module):
         _check_shapes(features, projected, query)
         alpha = self.weights(projected, query, mask)
         return expected_context(features, alpha), alpha
+
+
+class MLPScores(torch.autograd.Function):
+    """e = w^T tanh(z), z = (W_a a + b) + W_h h (eq. 4), with the gradient written out.
+
+    What autograd builds for the plain expression is slow on the CPU: it takes the gradient
+    through w as a matrix product with one column (the slowest kernel of a Shapes training
+    step) and makes more full-size temporaries. With t = tanh(z) and g = ∂L/∂e:
+    ∂L/∂z = g w (1 − t²) and ∂L/∂w = Σ g t; z's gradient goes to W_a a + b (summed over the
+    k queries of an image) and to W_h h (summed over positions).
+    projected (B, P, A), query (B, k, A), w (A,) -> e (B, k, P).
+    """
+
+    @staticmethod
+    def forward(ctx, projected: Tensor, query: Tensor, w: Tensor) -> Tensor:
+        t = (projected.unsqueeze(1) + query.unsqueeze(2)).tanh_()  # kept for the backward
+        ctx.save_for_backward(t, w)
+        return t @ w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        t, w = ctx.saved_tensors
+        grad_w = t.flatten(0, -2).t() @ grad.flatten()
+        grad_z = torch.ops.aten.tanh_backward(grad.unsqueeze(-1) * w, t)  # g w (1 − t²)
+        grad_projected = grad_z.squeeze(1) if grad_z.shape[1] == 1 else grad_z.sum(1)
+        return grad_projected, grad_z.sum(2), grad_w
 
 
 def expected_context(features: Tensor, alpha: Tensor) -> Tensor:

@@ -51,6 +51,7 @@ from .runtime import (  # noqa: F401 - AMP_MODES re-exported
     autocast_dtype,
     default_device,
     distributed,
+    keep_freed_memory,
     seed_everything,
     set_rng_state,
     use_deterministic,
@@ -107,6 +108,8 @@ class Trainer:
         if profile.deterministic:
             use_deterministic()
         self.rank, self.world, self.device = distributed(torch.device(device or default_device()))
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for each step's tensors (runtime.py)
         self.out_dir = Path(out_dir) if out_dir is not None else run_dir(profile, attention)
         self.one_per_image = training_config(profile, attention, one_per_image)["one_per_image"]
         self.data = TrainingData(profile, self.rank, self.world, self.device, self.one_per_image)

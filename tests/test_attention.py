@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from torch import nn
 from torch.func import functional_call
 
 from sat_helpers.attention import (
     HardAttention,
+    MLPScores,
     SoftAttention,
     doubly_stochastic_penalty,
     paper_lam_to_package,
@@ -95,6 +97,51 @@ def test_gradcheck_through_parameters_and_inputs(masked):
 
     inputs = (features.requires_grad_(), hidden.requires_grad_(), *params)
     assert torch.autograd.gradcheck(run, inputs)
+
+
+def plain_scores(att, projected, query):
+    """Eq. 4 as autograd sees it: w(tanh(W_a a + b + W_h h)), query (B, k, A) -> (B, k, P)."""
+    return att.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_written_out_scores_equal_autograds_in_value_and_gradient(k):
+    # float32 on the CPU: scores() takes MLPScores, the hand-written backward
+    att = SoftAttention(E, D, A)
+    projected = torch.randn(B, P, A, requires_grad=True)
+    query = torch.randn(B, *([k] if k else []), A, requires_grad=True)
+    assert att.written_out(projected, query)
+    scores = att.scores(projected, query)
+    upstream = torch.randn_like(scores)
+    fast = torch.autograd.grad((scores * upstream).sum(), (projected, query, att.w.weight))
+    ref = plain_scores(att, projected, query if k else query.unsqueeze(1))
+    ref = ref if k else ref.squeeze(1)
+    slow = torch.autograd.grad((ref * upstream).sum(), (projected, query, att.w.weight))
+    assert torch.allclose(scores, ref, atol=1e-6)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_written_out_scores_gradcheck(k):
+    gen = torch.Generator().manual_seed(k)
+    inputs = [torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+              for shape in [(B, P, A), (B, k, A), (A,)]]
+    assert torch.autograd.gradcheck(MLPScores.apply, inputs)
+
+
+def test_a_changed_w_gets_its_own_scores():
+    # a learner's w (a bias, a hook) is not what MLPScores computes: the plain expression runs
+    att = SoftAttention(E, D, A)
+    projected, query = torch.randn(B, P, A), torch.randn(B, 2, A)
+    att.w = nn.Linear(A, 1)
+    assert not att.written_out(projected, query)
+    assert torch.allclose(att.scores(projected, query), plain_scores(att, projected, query))
+    hooked = SoftAttention(E, D, A)
+    hooked.w.register_forward_hook(lambda module, args, out: out * 2)
+    assert not hooked.written_out(projected, query)
+    assert torch.allclose(hooked.scores(projected, query), plain_scores(hooked, projected, query))
+    assert not SoftAttention(E, D, A).double().written_out(projected.double(), query.double())
 
 
 def test_hard_attention_entropy_and_log_prob_gradcheck():

@@ -2,6 +2,8 @@
 
 import os
 import socket
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -406,3 +408,32 @@ def test_cosine_schedule_falls_to_zero_over_the_budget_and_resumes(tiny, tmp_pat
 def test_an_unknown_schedule_is_refused_with_the_choices(tiny, tmp_path):
     with pytest.raises(ValueError, match="lr_schedule='linear'.*plateau.*cosine"):
         tr.train(replace(tiny, lr_schedule="linear"), out_dir=tmp_path)
+
+
+FREE_AND_REFAULT = """
+import resource, sys, torch
+from sat_helpers.runtime import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+faults = []
+for _ in range(4):  # a step's pattern: many tensors of a few MB kept, then all freed at once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    kept = [torch.ones(64, 196, 128) for _ in range(10)]
+    del kept
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, faults[-1])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator on Linux")
+def test_keep_freed_memory_stops_a_steps_tensors_faulting_back_in():
+    # without it glibc unmaps the freed 64 MB and the next round faults all of it back in
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", FREE_AND_REFAULT, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    default, kept = run("default"), run("keep")
+    if not kept[0]:
+        pytest.skip("not glibc: keep_freed_memory leaves the allocator as it is")
+    assert default[1] > 10_000, f"expected glibc to refault the freed tensors, got {default[1]}"
+    assert kept[1] < default[1] / 10, (kept, default)
