@@ -197,11 +197,11 @@ class AttentionDecoder(nn.Module):
         Ey = self.embedding(words)  # E y_{t-1} of every step at once
         Ey_steps = Ey.unbind()  # per step: one gradient for all steps (no (T-1, B, m) per step)
         h, c, projected = self._initial(features)
-        outs, images = [], {batch: (features, projected)}
+        outs, sliced, images = [], batch, (features, projected)
         for t, n in enumerate(live):
-            if n not in images:  # sliced once per live count: one full-size gradient each
-                images = {n: (features[:n], projected[:n])}
-            out = self.advance(words[t, :n], h[:n], c[:n], *images[n],
+            if n != sliced:  # sliced once per live count: one full-size gradient each
+                sliced, images = n, (features[:n], projected[:n])
+            out = self.advance(words[t, :n], h[:n], c[:n], *images,
                                embedded=Ey_steps[t][:n], output=False)
             h, c = out.h, out.c
             outs.append(out)
