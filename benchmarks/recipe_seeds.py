@@ -5,7 +5,9 @@ changed as ``sat train --set`` changes them, e.g. ``"dropout=0.3 epochs=16"``), 
 equal, each run in its own folder under data_root()/experiments/recipes/ (a finished folder is
 scored, not retrained), and scores it on the test split as notebook 07 does: greedy BLEU-4,
 noun-phrase pointing, the mean entropy of α, and the training minutes (the epochs' own time,
-which depends on the machine and what else ran on it). Writes
+which depends on the machine and what else ran on it). A hard run with ``hard_warm_start``
+starts from the soft run of the same variant and seed (trained first, in its own folder), and
+its row adds that soft model's test BLEU-4 and the ratio. Writes
 benchmarks/results/recipes-<profile>-<attention>-<name>.md: every run, then per variant the
 mean, the standard deviation and the worst over the seeds.
 
@@ -40,15 +42,20 @@ def run(profile_name: str, attention: str, variant: str, seed: int,
     """
     p = get_profile(profile_name, seed=seed, **parse_overrides(variant.split()))
     slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", label(variant))
-    out = data_root() / "experiments" / "recipes" / f"{p.name}-{attention}-{slug}-s{seed}"
+    folder = data_root() / "experiments" / "recipes"
+    out, soft_dir = (folder / f"{p.name}-{a}-{slug}-s{seed}" for a in (attention, "soft"))
     if score_only:
         last = out / "last.pt"
         if not (last.exists() and torch.load(last, weights_only=True).get("finished")):
             return None
         log = pd.read_csv(out / "log.csv")
     else:
-        log = tr.train(p, attention, resume=True, out_dir=out)
-    return {"variant": label(variant), "seed": seed, **score(p, out, log)}
+        log = tr.train(p, attention, resume=True, out_dir=out, soft_dir=soft_dir)
+    row = {"variant": label(variant), "seed": seed, **score(p, out, log)}
+    if attention == "hard" and p.hard_warm_start:  # the soft run it started from, to compare
+        soft = score(p, soft_dir, pd.read_csv(soft_dir / "log.csv"))["test BLEU-4"]
+        row.update({"soft test BLEU-4": soft, "hard / soft": row["test BLEU-4"] / soft})
+    return row
 
 
 def main() -> None:

@@ -44,8 +44,13 @@ class CheckpointError(ValueError):
 
 
 def training_fields(profile: Profile, attention: str) -> list[str]:
-    """The profile fields a run of this attention depends on (none of the other's only)."""
+    """The profile fields a run of this attention depends on (none of the other's only).
+
+    A hard run that starts from the soft run (``hard_warm_start``) depends on all of them.
+    """
     other = HARD_ONLY_FIELDS if attention == "soft" else SOFT_ONLY_FIELDS
+    if attention == "hard" and profile.hard_warm_start:
+        other = ()
     return [f for f in profile.to_dict() if f not in NOT_TRAINING and f not in other]
 
 

@@ -81,6 +81,10 @@ class Profile:
     reinforce_weight: float = 1.0
     reinforce_reward: str = "caption_sum"
     epochs: int = 24  # the budget: fixed epochs give the same model on any machine
+    # Hard attention starts from the soft run's state after this many of its epochs and trains
+    # the rest of the epochs with hard attention: both models get the same epoch budget, and
+    # the soft run's first epochs serve both (0: hard attention from scratch, as in the paper).
+    hard_warm_start: int = 0
     train_minutes: float = 60.0  # a safety cap only, for very slow machines
     lr_schedule: str = "plateau"  # or "cosine": how the learning rate falls (train.lr_scheduler)
     lr_decay: float = 0.8  # "plateau": the factor, after lr_patience epochs without progress

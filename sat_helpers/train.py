@@ -273,6 +273,8 @@ def save_run(trainer: Trainer, improved: bool) -> None:
     save_atomic(state, t.out_dir / "last.pt")
     if improved:
         save_atomic(state, t.out_dir / "best.pt")
+    if t.attention == "soft" and t.epoch == t.profile.hard_warm_start:
+        save_atomic(state, t.out_dir / f"epoch-{t.epoch}.pt")  # where hard attention starts
     tmp = t.out_dir / ".log.csv.tmp"
     t.log_frame().to_csv(tmp, index=False)
     os.replace(tmp, t.out_dir / "log.csv")
@@ -298,6 +300,18 @@ def run_state(trainer: Trainer, rng: list[dict]) -> dict:
 def restore_state(trainer: Trainer, ckpt: dict) -> None:
     """Put a run saved by :func:`run_state` back into ``trainer``, RNG states included."""
     t = trainer
+    restore_weights(t, ckpt)
+    t.loss_fn.load_state_dict(ckpt["loss_state"])
+    t.epoch, t.finished, t.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
+    t.best_bleu4, t.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
+    t.train_seconds = ckpt["train_seconds"]
+    rng = ckpt["rng"]
+    set_rng_state(rng[t.rank] if len(rng) == t.world else rng[0])
+
+
+def restore_weights(trainer: Trainer, ckpt: dict) -> None:
+    """The model's (and a trained encoder's) weights, the optimiser, schedule and scaler."""
+    t = trainer
     t.model.load_state_dict(ckpt["model"])
     if t.encoder is not None:
         t.encoder.load_state_dict(ckpt["encoder"])
@@ -305,12 +319,6 @@ def restore_state(trainer: Trainer, ckpt: dict) -> None:
     t.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"]:  # empty when saved without float16 (on a CPU, or under bfloat16)
         t.scaler.load_state_dict(ckpt["scaler"])
-    t.loss_fn.load_state_dict(ckpt["loss_state"])
-    t.epoch, t.finished, t.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
-    t.best_bleu4, t.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
-    t.train_seconds = ckpt["train_seconds"]
-    rng = ckpt["rng"]
-    set_rng_state(rng[t.rank] if len(rng) == t.world else rng[0])
 
 
 @torch.no_grad()
@@ -360,19 +368,55 @@ def check_finite(trainer: Trainer, window: list[Tensor], steps: int) -> None:
 def train(profile: Profile, attention: str = "soft", resume: bool = True, *,
           out_dir: str | Path | None = None, device: str | None = None,
           one_per_image: bool | None = None,
-          callback: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+          callback: Callable[[pd.DataFrame], None] | None = None,
+          soft_dir: str | Path | None = None) -> pd.DataFrame:
     """Train (or, with ``resume``, continue or reuse) the profile's run; return its epoch log.
 
     ``out_dir`` defaults to ``run_dir(profile, attention)``. A finished run that matches the
     profile returns its log at once; one that does not match, or any run when ``resume`` is
-    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh.
+    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh. A hard run
+    with ``profile.hard_warm_start`` starts from the soft run in ``soft_dir`` (default the
+    profile's): :func:`start_from_soft`.
     """
     trainer = Trainer(profile, attention, out_dir, device, one_per_image)
-    if not (resume and trainer.resume()) and trainer.rank == 0:
+    resumed = resume and trainer.resume()
+    if not resumed and trainer.rank == 0:
         set_aside(trainer.out_dir, "resume=False" if not resume else "no last.pt to resume from")
     if trainer.world > 1:
         dist.barrier()
+    if not resumed and attention == "hard" and profile.hard_warm_start:
+        start_from_soft(trainer, soft_dir)
     return trainer.fit(callback)
+
+
+def start_from_soft(trainer: Trainer, soft_dir: str | Path | None = None) -> None:
+    """Hard attention's start: the soft run (``soft_dir``, default the profile's) as it was
+    after ``profile.hard_warm_start`` epochs: its weights, optimiser, schedule, log and time.
+
+    The soft run writes that state as epoch-<K>.pt; when it is missing, the soft run is
+    trained (or continued) first. The best hard model is then chosen among hard epochs only.
+    """
+    t, k = trainer, trainer.profile.hard_warm_start
+    if not 0 < k < t.profile.epochs:
+        raise ValueError(f"hard_warm_start={k} must be between 1 and epochs - 1 "
+                         f"(epochs={t.profile.epochs}), or 0 to train hard attention from scratch")
+    soft_dir = Path(soft_dir) if soft_dir is not None else run_dir(t.profile, "soft")
+    path = soft_dir / f"epoch-{k}.pt"
+    if not path.exists():
+        train(t.profile, "soft", resume=True, out_dir=soft_dir, device=str(t.device),
+              one_per_image=t.one_per_image)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The soft run in {soft_dir} ended before epoch {k} (early stopping?), so there is "
+            f"no {path.name} for hard attention to start from: lower hard_warm_start, or set "
+            "it to 0 to train hard attention from scratch.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    soft_config = training_config(t.profile, "soft", t.one_per_image)
+    if not is_current(ckpt, soft_config, t.data.dataset_dir, t.vocab):
+        raise ValueError(f"{path} comes from another configuration or build of the data than "
+                         f"this profile's soft run: delete {soft_dir} and train again")
+    restore_weights(t, ckpt)
+    t.epoch, t.log, t.train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
 
 
 def ensure_trained(profile: Profile, attention: str = "soft",

@@ -410,6 +410,37 @@ def test_an_unknown_schedule_is_refused_with_the_choices(tiny, tmp_path):
         tr.train(replace(tiny, lr_schedule="linear"), out_dir=tmp_path)
 
 
+def test_hard_attention_continues_the_soft_run_from_its_warm_start_epoch(tiny, tmp_path):
+    profile = replace(tiny, hard_warm_start=2)  # 2 soft epochs, then 1 hard one: 3 in all
+    soft_dir, hard_dir = tmp_path / "soft", tmp_path / "hard"
+    hard_log = tr.train(profile, "hard", out_dir=hard_dir, soft_dir=soft_dir)  # trains soft first
+    start = torch.load(soft_dir / "epoch-2.pt", weights_only=True)
+    assert start["epoch"] == 2 and start["config"]["attention"] == "soft"
+    assert torch.load(soft_dir / "last.pt", weights_only=True)["finished"]  # the whole soft run
+    assert hard_log.epoch.tolist() == [1, 2, 3]
+    assert hard_log.iloc[:2].to_dict("records") == start["log"]  # the soft run's first two
+    assert torch.load(hard_dir / "best.pt", weights_only=True)["epoch"] == 3  # a hard epoch
+    trainer = tr.Trainer(profile, "hard", tmp_path / "again")
+    tr.start_from_soft(trainer, soft_dir)
+    assert trainer.epoch == 2 and trainer.best_bleu4 < 0
+    assert all(torch.equal(v, start["model"][k]) for k, v in trainer.model.state_dict().items())
+    steps = trainer.optimizer.state_dict()["state"][0]["step"]
+    assert steps == start["optimizer"]["state"][0]["step"] > 0  # Adam's moments carried over
+    hard = model_state(hard_dir / "last.pt")
+    assert not torch.equal(hard["attention.W_h.weight"], start["model"]["attention.W_h.weight"])
+
+
+def test_only_a_warm_start_makes_the_soft_run_keep_an_epoch(tiny, tmp_path):
+    tr.train(tiny, out_dir=tmp_path)
+    assert not list(tmp_path.glob("epoch-*.pt"))
+
+
+@pytest.mark.parametrize("k", [-1, 3, 5])
+def test_a_warm_start_outside_the_budget_is_refused(tiny, tmp_path, k):
+    with pytest.raises(ValueError, match=f"hard_warm_start={k} must be between 1 and epochs - 1"):
+        tr.start_from_soft(tr.Trainer(replace(tiny, hard_warm_start=k), "hard", tmp_path))
+
+
 FREE_AND_REFAULT = """
 import resource, sys, torch
 from sat_helpers.runtime import keep_freed_memory
