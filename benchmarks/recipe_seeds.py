@@ -6,8 +6,9 @@ equal, each run in its own folder under data_root()/experiments/recipes/ (a fini
 scored, not retrained), and scores it on the test split as notebook 07 does: greedy BLEU-4,
 noun-phrase pointing, the mean entropy of α, and the training minutes (the epochs' own time,
 which depends on the machine and what else ran on it). A hard run with ``hard_warm_start``
-starts from the soft run of the same variant and seed (trained first, in its own folder), and
-its row adds that soft model's test BLEU-4 and the ratio. Writes
+starts from the soft run of the same variant and seed (trained first, in its own folder): its
+best validation BLEU-4 is its own epochs', "train minutes" counts the shared soft epochs too
+and "hard minutes" its own, and its row adds that soft model's test BLEU-4 and the ratio. Writes
 benchmarks/results/recipes-<profile>-<attention>-<name>.md: every run, then per variant the
 mean, the standard deviation and the worst over the seeds.
 
@@ -53,8 +54,11 @@ def run(profile_name: str, attention: str, variant: str, seed: int,
         log = tr.train(p, attention, resume=True, out_dir=out, soft_dir=soft_dir)
     row = {"variant": label(variant), "seed": seed, **score(p, out, log)}
     if attention == "hard" and p.hard_warm_start:  # the soft run it started from, to compare
+        own = log.iloc[p.hard_warm_start:]  # the log's first rows are the soft run's epochs
         soft = score(p, soft_dir, pd.read_csv(soft_dir / "log.csv"))["test BLEU-4"]
-        row.update({"soft test BLEU-4": soft, "hard / soft": row["test BLEU-4"] / soft})
+        row.update({"best val BLEU-4": float(own["val_bleu4"].max()),
+                    "hard minutes": float(own["seconds"].sum() / 60),
+                    "soft test BLEU-4": soft, "hard / soft": row["test BLEU-4"] / soft})
     return row
 
 
