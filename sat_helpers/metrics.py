@@ -14,9 +14,7 @@ the words naming it peaks inside the object's box (the Shapes dataset knows ever
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import functools
 import io
 import math
 import os
@@ -162,8 +160,7 @@ def coco_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tok
     Each token list is joined with spaces and re-tokenised by the toolkit's Stanford PTB
     tokeniser (lower-cased, punctuation dropped), as in the papers. Needs pycocoevalcap and
     Java. METEOR loads a 60 MB paraphrase table in Java first (tens of seconds, minutes on
-    a busy 2-core CPU), once per session (:func:`meteor_scorer`); ``meteor=False`` leaves it
-    out.
+    a busy 2-core CPU); ``meteor=False`` leaves it out.
     """
     _check_corpus(references, hypotheses)
     kit = _coco_toolkit()
@@ -176,25 +173,14 @@ def coco_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tok
         bleu, _ = kit["Bleu"](4).compute_score(gts, res)
     scores = {f"BLEU-{n}": float(b) for n, b in enumerate(bleu, start=1)}
     if meteor:
-        scorer = meteor_scorer(kit["Meteor"])
+        scorer = kit["Meteor"]()
         try:
             scores["METEOR"] = float(scorer.compute_score(gts, res)[0])
-        except BaseException:  # a broken Java process is not kept for the next call
-            meteor_scorer.cache_clear()
+        finally:
             _close_meteor(scorer)
-            raise
     scores["ROUGE-L"] = float(kit["Rouge"]().compute_score(gts, res)[0])
     scores["CIDEr"] = float(kit["Cider"]().compute_score(gts, res)[0])
     return scores
-
-
-@functools.cache
-def meteor_scorer(meteor_class: type) -> object:
-    """One METEOR process for the session, closed at exit: its start (Java, a 60 MB paraphrase
-    table) costs seconds to tens of seconds, and a notebook may score several caption sets."""
-    scorer = meteor_class()
-    atexit.register(_close_meteor, scorer)
-    return scorer
 
 
 def _close_meteor(meteor: object) -> None:
