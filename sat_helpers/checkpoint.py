@@ -111,6 +111,23 @@ def finished_run(profile: Profile, attention: str = "soft") -> Path | None:
     return best if current and ckpt.get("finished") else None
 
 
+def warm_start_state(soft_dir: Path, epoch: int, config: dict, dataset_dir: str | Path,
+                     vocab: Vocab) -> dict:
+    """The soft run's state after ``epoch`` epochs (epoch-<K>.pt), where a hard run starts;
+    checked to come from ``config`` (the soft run's) and this build of the data."""
+    path = soft_dir / f"epoch-{epoch}.pt"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The soft run in {soft_dir} ended before epoch {epoch} (early stopping?), so there "
+            f"is no {path.name} for hard attention to start from: lower hard_warm_start, or set "
+            "it to 0 to train hard attention from scratch.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not is_current(ckpt, config, dataset_dir, vocab):
+        raise CheckpointError(f"{path} comes from another configuration or build of the data "
+                              f"than this profile's soft run: delete {soft_dir} and train again")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[AttentionDecoder, Vocab, dict]:
     """(decoder in eval mode, vocabulary, the checkpoint dict) from a last.pt/best.pt."""
     path = Path(path)

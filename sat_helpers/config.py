@@ -107,6 +107,10 @@ class Profile:
     def __post_init__(self, semi_sampling_p):
         if semi_sampling_p is not None:
             raise ValueError(renamed_message("semi_sampling_p"))
+        if not 0 <= self.hard_warm_start < self.epochs:
+            raise ValueError(f"Profile {self.name!r}: hard_warm_start={self.hard_warm_start} "
+                             "must be 0 (hard attention from scratch) or between 1 and epochs - 1 "
+                             f"(epochs={self.epochs})")
 
     def to_dict(self) -> dict:
         """The profile as plain data (for manifests and checkpoints)."""

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from . import fastcpu
 from .attention import HardAttention, SoftAttention
+from .config import Profile
 
 
 def lstm_update(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,6 +225,14 @@ class AttentionDecoder(nn.Module):
             unpack([o.sample_log_prob for o in outs]),
             unpack([o.entropy for o in outs]),
         )
+
+
+def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
+                  attention: str = "soft") -> AttentionDecoder:
+    """The profile's AttentionDecoder."""
+    return AttentionDecoder(vocab_size, enc_dim, profile.embed_dim, profile.dec_dim,
+                            profile.att_dim, profile.dropout, attention, profile.gate,
+                            profile.deep_output)
 
 
 PLAIN = {name: AttentionDecoder.__dict__[name]

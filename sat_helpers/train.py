@@ -39,10 +39,11 @@ from .checkpoint import (  # noqa: F401 - NOT_TRAINING, training_fields re-expor
     set_aside,
     training_config,
     training_fields,
+    warm_start_state,
 )
 from .config import Profile
 from .data import Vocab, caption_collate, dataset_hash, ensure_dataset  # noqa: F401
-from .decoder import AttentionDecoder
+from .decoder import AttentionDecoder, build_decoder
 from .losses import LOSSES, caption_loss, make_loss  # noqa: F401 - LOSSES, caption_loss re-exported
 from .metrics import bleu_scores
 from .runtime import (  # noqa: F401 - AMP_MODES re-exported
@@ -66,14 +67,6 @@ LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for th
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became inf or NaN; the message names the epoch, batch and causes."""
-
-
-def build_decoder(profile: Profile, vocab_size: int, enc_dim: int,
-                  attention: str = "soft") -> AttentionDecoder:
-    """The profile's AttentionDecoder."""
-    return AttentionDecoder(vocab_size, enc_dim, profile.embed_dim, profile.dec_dim,
-                            profile.att_dim, profile.dropout, attention, profile.gate,
-                            profile.deep_output)
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer,
@@ -300,18 +293,6 @@ def run_state(trainer: Trainer, rng: list[dict]) -> dict:
 def restore_state(trainer: Trainer, ckpt: dict) -> None:
     """Put a run saved by :func:`run_state` back into ``trainer``, RNG states included."""
     t = trainer
-    restore_weights(t, ckpt)
-    t.loss_fn.load_state_dict(ckpt["loss_state"])
-    t.epoch, t.finished, t.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
-    t.best_bleu4, t.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
-    t.train_seconds = ckpt["train_seconds"]
-    rng = ckpt["rng"]
-    set_rng_state(rng[t.rank] if len(rng) == t.world else rng[0])
-
-
-def restore_weights(trainer: Trainer, ckpt: dict) -> None:
-    """The model's (and a trained encoder's) weights, the optimiser, schedule and scaler."""
-    t = trainer
     t.model.load_state_dict(ckpt["model"])
     if t.encoder is not None:
         t.encoder.load_state_dict(ckpt["encoder"])
@@ -319,6 +300,12 @@ def restore_weights(trainer: Trainer, ckpt: dict) -> None:
     t.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"]:  # empty when saved without float16 (on a CPU, or under bfloat16)
         t.scaler.load_state_dict(ckpt["scaler"])
+    t.loss_fn.load_state_dict(ckpt["loss_state"])
+    t.epoch, t.finished, t.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
+    t.best_bleu4, t.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
+    t.train_seconds = ckpt["train_seconds"]
+    rng = ckpt["rng"]
+    set_rng_state(rng[t.rank] if len(rng) == t.world else rng[0])
 
 
 @torch.no_grad()
@@ -374,49 +361,32 @@ def train(profile: Profile, attention: str = "soft", resume: bool = True, *,
 
     ``out_dir`` defaults to ``run_dir(profile, attention)``. A finished run that matches the
     profile returns its log at once; one that does not match, or any run when ``resume`` is
-    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh. A hard run
-    with ``profile.hard_warm_start`` starts from the soft run in ``soft_dir`` (default the
-    profile's): :func:`start_from_soft`.
+    False, is moved aside (``<dir>.replaced-<time>``) and training starts afresh. ``soft_dir``:
+    the soft run a hard run with ``profile.hard_warm_start`` starts from (:func:`start_from_soft`).
     """
     trainer = Trainer(profile, attention, out_dir, device, one_per_image)
-    resumed = resume and trainer.resume()
-    if not resumed and trainer.rank == 0:
+    if not (resume and trainer.resume()) and trainer.rank == 0:
         set_aside(trainer.out_dir, "resume=False" if not resume else "no last.pt to resume from")
     if trainer.world > 1:
         dist.barrier()
-    if not resumed and attention == "hard" and profile.hard_warm_start:
+    if trainer.epoch == 0 and attention == "hard" and profile.hard_warm_start:  # a new hard run
         start_from_soft(trainer, soft_dir)
     return trainer.fit(callback)
 
 
 def start_from_soft(trainer: Trainer, soft_dir: str | Path | None = None) -> None:
     """Hard attention's start: the soft run (``soft_dir``, default the profile's) as it was
-    after ``profile.hard_warm_start`` epochs: its weights, optimiser, schedule, log and time.
-
-    The soft run writes that state as epoch-<K>.pt; when it is missing, the soft run is
-    trained (or continued) first. The best hard model is then chosen among hard epochs only.
-    """
-    t, k = trainer, trainer.profile.hard_warm_start
-    if not 0 < k < t.profile.epochs:
-        raise ValueError(f"hard_warm_start={k} must be between 1 and epochs - 1 "
-                         f"(epochs={t.profile.epochs}), or 0 to train hard attention from scratch")
+    after ``profile.hard_warm_start`` epochs (weights, optimiser, schedule, log, time), trained
+    first when its epoch-<K>.pt is missing. The best hard model is chosen among hard epochs."""
+    t, k, one = trainer, trainer.profile.hard_warm_start, trainer.one_per_image
     soft_dir = Path(soft_dir) if soft_dir is not None else run_dir(t.profile, "soft")
-    path = soft_dir / f"epoch-{k}.pt"
-    if not path.exists():
-        train(t.profile, "soft", resume=True, out_dir=soft_dir, device=str(t.device),
-              one_per_image=t.one_per_image)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"The soft run in {soft_dir} ended before epoch {k} (early stopping?), so there is "
-            f"no {path.name} for hard attention to start from: lower hard_warm_start, or set "
-            "it to 0 to train hard attention from scratch.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    soft_config = training_config(t.profile, "soft", t.one_per_image)
-    if not is_current(ckpt, soft_config, t.data.dataset_dir, t.vocab):
-        raise ValueError(f"{path} comes from another configuration or build of the data than "
-                         f"this profile's soft run: delete {soft_dir} and train again")
-    restore_weights(t, ckpt)
-    t.epoch, t.log, t.train_seconds = ckpt["epoch"], ckpt["log"], ckpt["train_seconds"]
+    if not (soft_dir / f"epoch-{k}.pt").exists():
+        train(t.profile, "soft", out_dir=soft_dir, device=str(t.device), one_per_image=one)
+    ckpt = warm_start_state(soft_dir, k, training_config(t.profile, "soft", one),
+                            t.data.dataset_dir, t.vocab)
+    own = {"loss_state": t.loss_fn.state_dict(), "rng": all_ranks_rng_state(t.world),
+           "best_bleu4": -1.0, "bad_epochs": 0, "finished": False}  # hard attention's own
+    restore_state(t, {**ckpt, **own})
 
 
 def ensure_trained(profile: Profile, attention: str = "soft",

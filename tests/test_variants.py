@@ -59,10 +59,11 @@ def test_each_artefact_is_keyed_by_the_fields_it_depends_on(course):
     lam = get_profile("tiny", lam=0.5)
     assert tr.run_dir(lam, "hard") == tr.run_dir(course, "hard")
     assert tr.run_dir(lam, "soft") != tr.run_dir(course, "soft")
-    warm = get_profile("tiny", hard_warm_start=1)
-    warm_lam = get_profile("tiny", hard_warm_start=1, lam=0.5)
+    cold = get_profile("tiny", epochs=2)
+    warm = get_profile("tiny", epochs=2, hard_warm_start=1)
+    warm_lam = get_profile("tiny", epochs=2, hard_warm_start=1, lam=0.5)
     assert tr.run_dir(warm_lam, "hard") != tr.run_dir(warm, "hard")  # it starts from soft's run
-    assert tr.run_dir(warm, "soft") != tr.run_dir(course, "soft")  # that run keeps epoch-1.pt
+    assert tr.run_dir(warm, "soft") != tr.run_dir(cold, "soft")  # that run keeps epoch-1.pt
     beam = get_profile("tiny", beam_size=5)  # decoding only: shares the trained model
     assert tr.run_dir(beam, "soft") == tr.run_dir(course, "soft")
 
