@@ -8,10 +8,10 @@ then α_t = softmax(e_t) (eq. 5). Soft attention returns the expected context Σ
 ``W_a a_i + b`` does not depend on t, so :meth:`SoftAttention.project` computes it once per
 image and the decoder passes it back at every word. Every method takes one query per image,
 (B, ·), or k queries per image, (B, k, ·) (beam search: k beams share one image's features).
-Everything here is plain PyTorch. On the CPU in float32 the scores go through
-:class:`MLPScores`, the same e_ti with its gradient written out (a faster training step
-there: docs/speed.md); the CPU decoding path (``sat_helpers.fastcpu``) computes them in
-cache-sized blocks.
+Everything here is plain PyTorch. On the CPU in float32 the scores are computed in
+cache-sized blocks with tanh as a sigmoid: :class:`MLPScores` when training (the same e_ti
+with its gradient written out), :func:`blocked_scores` without autograd (validation,
+decoding); docs/speed.md says what each saves.
 """
 
 from __future__ import annotations
@@ -72,10 +72,13 @@ class SoftAttention(nn.Module):
         squeeze = query.dim() == 2
         if squeeze:
             query = query.unsqueeze(1)  # (B, 1, att): one row per image
-        if self.written_out(projected, query):  # the same e_ti, its backward by hand
-            scores = MLPScores.apply(projected, query, self.w.weight.squeeze(0))
-        else:
+        w = self.w.weight.squeeze(0)
+        if not self.written_out(projected, query):  # a learner's w: the plain expression
             scores = self.w(torch.tanh(projected.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
+        elif torch.is_grad_enabled():  # the same e_ti, its backward by hand
+            scores = MLPScores.apply(projected, query, w)
+        else:  # the same e_ti, no graph (validation, decoding)
+            scores = blocked_scores(projected, query, w)
         if mask is not None:  # (B, P): False where a position is padding
             if not bool(mask.any(dim=-1).all()):
                 raise ValueError(
@@ -84,7 +87,8 @@ class SoftAttention(nn.Module):
         return scores.squeeze(1) if squeeze else scores  # (B, k, P)
 
     def written_out(self, projected: Tensor, query: Tensor) -> bool:
-        """Whether :class:`MLPScores` computes exactly this module's scores: float32 on the CPU
+        """Whether :class:`MLPScores` and :func:`blocked_scores` compute this module's scores
+        (the same e_ti up to rounding): float32 on the CPU
         (no autocast), w still the plain bias-free ``nn.Linear`` without hooks."""
         w = self.w
         return (projected.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
@@ -105,31 +109,75 @@ class SoftAttention(nn.Module):
         return expected_context(features, alpha), alpha
 
 
+_BLOCK_ELEMENTS = 1 << 19  # floats of σ(2z) per block of images (2 MB: within a core's cache)
+
+
+def _block_size(projected: Tensor, query: Tensor) -> int:
+    """How many images' (k, P, A) slices of z fit in one block."""
+    per_image = query.shape[1] * projected[0].numel()
+    return max(1, min(projected.shape[0], _BLOCK_ELEMENTS // per_image))
+
+
+def _sigmoid_2z(projected: Tensor, query: Tensor, out: Tensor) -> Tensor:
+    """σ(2z) of z = projected + query, (b, P, A) + (b, k, A) -> (b, k, P, A), into ``out``."""
+    torch.add(projected.unsqueeze(1), query.unsqueeze(2), out=out)
+    return out.mul_(2).sigmoid_()
+
+
+def blocked_scores(projected: Tensor, query: Tensor, w: Tensor) -> Tensor:
+    """e = w^T tanh(projected + query) (eq. 4) without autograd, queries (B, k, A) -> (B, k, P).
+
+    tanh(z) = 2σ(2z) − 1, so w·tanh(z) = 2 w·σ(2z) − Σw: torch's CPU sigmoid is about four
+    times faster than its tanh. The (B, k, P, A) tensor z goes through one buffer of a few
+    images at a time, which stays in the cache.
+    """
+    size = _block_size(projected, query)
+    buffer = projected.new_empty(size, query.shape[1], *projected.shape[1:])
+    blocks = [_sigmoid_2z(projected[i:i + size], query[i:i + size],
+                          buffer[: min(size, projected.shape[0] - i)]) @ w
+              for i in range(0, projected.shape[0], size)]
+    return 2 * torch.cat(blocks) - w.sum()
+
+
 class MLPScores(torch.autograd.Function):
     """e = w^T tanh(z), z = (W_a a + b) + W_h h (eq. 4), with the gradient written out.
 
-    What autograd builds for the plain expression is slow on the CPU: it takes the gradient
-    through w as a matrix product with one column (the slowest kernel of a Shapes training
-    step) and makes more full-size temporaries. With t = tanh(z) and g = ∂L/∂e:
-    ∂L/∂z = g w (1 − t²) and ∂L/∂w = Σ g t; z's gradient goes to W_a a + b (summed over the
-    k queries of an image) and to W_h h (summed over positions).
-    projected (B, P, A), query (B, k, A), w (A,) -> e (B, k, P).
+    What autograd builds for the plain expression is slow on the CPU: torch's tanh is about
+    four times slower than its sigmoid, the gradient through w is a matrix product with one
+    column, and every full-size temporary goes through memory. Here, with s = σ(2z), so that
+    tanh(z) = 2s − 1, and g = ∂L/∂e, in blocks of images that stay in the cache:
+    e = 2 w·s − Σw, ∂L/∂w = Σ g (2s − 1) = 2 Σ g (s − ½) and
+    ∂L/∂z = g w (1 − tanh²z) = 4 g w s (1 − s);
+    z's gradient goes to W_a a + b (summed over the k queries of an image) and to W_h h
+    (summed over positions). projected (B, P, A), query (B, k, A), w (A,) -> e (B, k, P).
     """
 
     @staticmethod
     def forward(ctx, projected: Tensor, query: Tensor, w: Tensor) -> Tensor:
-        t = (projected.unsqueeze(1) + query.unsqueeze(2)).tanh_()  # kept for the backward
-        ctx.save_for_backward(t, w)
-        return t @ w
+        size = _block_size(projected, query)
+        s = projected.new_empty(projected.shape[0], query.shape[1], *projected.shape[1:])
+        blocks = [_sigmoid_2z(projected[i:i + size], query[i:i + size], s[i:i + size]) @ w
+                  for i in range(0, projected.shape[0], size)]
+        ctx.save_for_backward(s, w)  # kept for the backward
+        ctx.block = size
+        return 2 * torch.cat(blocks) - w.sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        t, w = ctx.saved_tensors
-        grad_w = t.flatten(0, -2).t() @ grad.flatten()
-        grad_z = torch.ops.aten.tanh_backward(grad.unsqueeze(-1) * w, t)  # g w (1 − t²)
+        s, w = ctx.saved_tensors
+        size, four_w = ctx.block, 4 * w
+        grad_z, half_t = torch.empty_like(s), s.new_empty(ctx.block, *s.shape[1:])
+        grad_w, grad_query = torch.zeros_like(w), []
+        for i in range(0, s.shape[0], size):
+            s_i, g_i, z_i = s[i:i + size], grad[i:i + size], grad_z[i:i + size]
+            t_i = torch.sub(s_i, 0.5, out=half_t[: s_i.shape[0]])  # tanh(z) / 2 = s − ½
+            grad_w.addmv_(t_i.flatten(0, -2).t(), g_i.flatten(), alpha=2)
+            torch.mul(g_i.unsqueeze(-1), four_w, out=z_i)
+            torch.ops.aten.sigmoid_backward.grad_input(z_i, s_i, grad_input=z_i)  # · s (1 − s)
+            grad_query.append(z_i.sum(2))
         grad_projected = grad_z.squeeze(1) if grad_z.shape[1] == 1 else grad_z.sum(1)
-        return grad_projected, grad_z.sum(2), grad_w
+        return grad_projected, torch.cat(grad_query), grad_w
 
 
 def expected_context(features: Tensor, alpha: Tensor) -> Tensor:

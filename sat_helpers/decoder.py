@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import fastcpu
 from .attention import HardAttention, SoftAttention
@@ -53,6 +54,34 @@ class StepOutput(NamedTuple):
     alpha: Tensor  # α_t (..., P)
     sample_log_prob: Tensor | None  # log α_{t,s_t} of the sampled location (hard, training)
     entropy: Tensor | None  # H[α_t] (hard attention)
+
+
+class Prefixes(torch.autograd.Function):
+    """x[:n] for each n of ``counts`` (descending, the first len(x)), with one gradient for x.
+
+    Autograd's own slice makes, in its backward, a zero tensor the size of x for every slice:
+    with a slice per live count, that was a seventh of a Shapes training step. Here the
+    prefixes' gradients are added into the first one's, the whole of x.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, counts: tuple[int, ...]) -> tuple[Tensor, ...]:
+        if counts[0] != len(x):
+            raise ValueError(f"the first prefix must be all of x ({len(x)} rows), not {counts[0]}")
+        ctx.shape = x.shape
+        return tuple(x[:n] for n in counts)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, None]:
+        if all(g is None for g in grads):
+            return None, None
+        live = [g for g in grads if g is not None]
+        total = grads[0].clone() if grads[0] is not None else live[0].new_zeros(ctx.shape)
+        for g in grads[1:]:
+            if g is not None:
+                total[: len(g)] += g
+        return total, None
 
 
 class DecoderState(NamedTuple):
@@ -198,11 +227,13 @@ class AttentionDecoder(nn.Module):
         Ey = self.embedding(words)  # E y_{t-1} of every step at once
         Ey_steps = Ey.unbind()  # per step: one gradient for all steps (no (T-1, B, m) per step)
         h, c, projected = self._initial(features)
-        outs, sliced, images = [], batch, (features, projected)
+        counts = tuple(sorted(set(live), reverse=True))  # the live rows are a prefix: [:n]
+        images = dict(zip(counts, zip(Prefixes.apply(features, counts),
+                                      Prefixes.apply(projected, counts), strict=True),
+                          strict=True))
+        outs = []
         for t, n in enumerate(live):
-            if n != sliced:  # sliced once per live count: one full-size gradient each
-                sliced, images = n, (features[:n], projected[:n])
-            out = self.advance(words[t, :n], h[:n], c[:n], *images,
+            out = self.advance(words[t, :n], h[:n], c[:n], *images[n],
                                embedded=Ey_steps[t][:n], output=False)
             h, c = out.h, out.c
             outs.append(out)

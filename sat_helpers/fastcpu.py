@@ -21,10 +21,11 @@ parameter changes. Three things make this one faster, none of which changes what
    working, else ``F.linear`` on the same weights).
 2. **One product for h_{t-1}.** W_h h, f_β(h) and the LSTM's recurrent part read the same
    h_{t-1}: they are one matrix, split after the product.
-3. **Attention scores in cache-sized blocks, tanh as a sigmoid.** The (B, k, P, A) tanh
-   input of a batch of beams is tens of MB; here it goes through one reused buffer of about
-   2 MB, and w·tanh(z) = 2 w·σ(2z) − Σw, since torch's CPU sigmoid is about five times
-   faster than its tanh (5.6 ms a beam-search step instead of 28 at the seed's sizes).
+3. **Attention scores in cache-sized blocks, tanh as a sigmoid**
+   (``attention.blocked_scores``): the (B, k, P, A) tanh input of a batch of beams is tens
+   of MB; it goes through one reused buffer of about 2 MB, and w·tanh(z) = 2 w·σ(2z) − Σw,
+   since torch's CPU sigmoid is about four times faster than its tanh (5.6 ms a beam-search
+   step instead of 28 at the seed's sizes).
 
 Set ``sat_helpers.fastcpu.ENABLED = False`` to decode with the plain step on the CPU too
 (``benchmarks/bench_search.py`` times both).
@@ -46,7 +47,6 @@ PLAIN_LAYERS = (nn.Linear, nn.Embedding, nn.Dropout)
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # decoder -> (key, weights)
 
 ENABLED = True  # decode on the CPU with this module's kernels (module docstring)
-_BLOCK_ELEMENTS = 1 << 19  # floats per block of attention scores (2 MB)
 Weights = dict[str, tuple[Tensor, Tensor | None]]  # (weight, bias) of each linear map of a step
 
 
@@ -130,19 +130,6 @@ def prepared_weights(decoder: nn.Module) -> Weights:
     return cached[1]
 
 
-def attention_scores(projected: Tensor, query: Tensor, w: Tensor) -> Tensor:
-    """e = w^T tanh(projected + query) (eq. 4) for queries (B, k, A): (B, k, P), in blocks."""
-    batch, per_image = projected.shape[0], query.shape[1] * projected[0].numel()
-    size = max(1, min(batch, _BLOCK_ELEMENTS // per_image))
-    buffer = projected.new_empty(size, query.shape[1], *projected.shape[1:])
-    blocks = []
-    for i in range(0, batch, size):
-        x = buffer[: min(size, batch - i)]
-        torch.add(projected[i:i + size].unsqueeze(1), query[i:i + size].unsqueeze(2), out=x)
-        blocks.append(x.mul_(2).sigmoid_() @ w)  # tanh(z) = 2σ(2z) − 1
-    return 2 * torch.cat(blocks) - w.sum()
-
-
 def step(decoder, state, prev_tokens: Tensor) -> tuple[Tensor, Tensor, object]:
     """``AttentionDecoder.step`` through the prepared weights: (log p, α, next state)."""
     weights, h = prepared_weights(decoder), state.h
@@ -155,7 +142,7 @@ def step(decoder, state, prev_tokens: Tensor) -> tuple[Tensor, Tensor, object]:
     query, gate_logit, hh = linear(h, *weights["h"]).split(
         [decoder.config["att_dim"], decoder.gate_dim, decoder.lstm_hh.out_features], -1)
     w = decoder.attention.w.weight.squeeze(0)
-    alpha = attention_scores(state.projected, query, w).softmax(-1)  # eq. 4, 5
+    alpha = attention.blocked_scores(state.projected, query, w).softmax(-1)  # eq. 4, 5
     z = attention.expected_context(state.features, alpha)  # eq. 6 (eval mode: the expectation)
     if decoder.gate_dim:
         z = torch.sigmoid(gate_logit) * z  # β_t ẑ_t

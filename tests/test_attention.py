@@ -122,6 +122,25 @@ def test_written_out_scores_equal_autograds_in_value_and_gradient(k):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
+def test_scores_in_many_blocks_equal_the_plain_scores():
+    """5·196·512 floats per image: one image per block, six blocks, with and without autograd."""
+    torch.manual_seed(0)
+    att = SoftAttention(16, 8, 512)
+    projected = att.project(torch.randn(6, 196, 16)).detach().requires_grad_()
+    query = att.W_h(torch.randn(6, 5, 8)).detach().requires_grad_()
+    ref = plain_scores(att, projected, query)
+    upstream = torch.randn_like(ref)
+    slow = torch.autograd.grad((ref * upstream).sum(), (projected, query, att.w.weight))
+    scores = att.scores(projected, query)
+    fast = torch.autograd.grad((scores * upstream).sum(), (projected, query, att.w.weight))
+    with torch.no_grad():
+        no_graph = att.scores(projected, query)
+    for got in (scores.detach(), no_graph):
+        torch.testing.assert_close(got, ref.detach(), rtol=0, atol=1e-5)
+    for a, b in zip(fast, slow, strict=True):  # w's: float32 sums of 5 880 terms, up to ~100
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_written_out_scores_gradcheck(k):
     gen = torch.Generator().manual_seed(k)

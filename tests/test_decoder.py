@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sat_helpers.decoder import AttentionDecoder
+from sat_helpers.decoder import AttentionDecoder, Prefixes
 
 V, E, P = 11, 6, 5
 
@@ -153,3 +153,24 @@ def test_the_step_drops_out_in_training_only():
     assert set(seen) == {"dropout_h", "dropout"}
     assert not torch.allclose(dec.advance(caps[:, 0], h, c, feats, projected).logits,
                               eval_logits)
+
+
+def test_teacher_forcing_gradients_equal_each_caption_alone():
+    # live rows are prefixes of the sorted batch: their gradients must add up per image
+    dec = make().train()
+    dec.dropout.p = dec.dropout_h.p = 0.0
+    feats, caps, lengths = batch(lengths=(5, 3, 6, 2, 6, 3))
+    feats.requires_grad_()
+    params = [feats, *dec.parameters()]
+    batched = torch.autograd.grad(dec(feats, caps, lengths).scores.sum(), params)
+    alone = sum(dec(feats[b:b + 1], caps[b:b + 1, :n], lengths[b:b + 1]).scores.sum()
+                for b, n in enumerate(lengths.tolist()))
+    for got, want in zip(batched, torch.autograd.grad(alone, params), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_prefixes_gradcheck():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: Prefixes.apply(t, (5, 3, 1)), (x,))
+    with pytest.raises(ValueError, match="the first prefix must be all of x"):
+        Prefixes.apply(x, (4, 2))

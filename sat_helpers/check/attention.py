@@ -5,14 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import fastcpu
-from ..attention import HardAttention, SoftAttention, doubly_stochastic_penalty, expected_context
+from ..attention import (
+    HardAttention,
+    SoftAttention,
+    blocked_scores,
+    doubly_stochastic_penalty,
+    expected_context,
+)
 from .machinery import Answer, exercise, fail, in_order, matches, same_tensor
 
 # what a learner must not call to compute soft attention: the module and what it is built from
 ATTENTION = (SoftAttention.forward, SoftAttention.attend, SoftAttention.scores,
              SoftAttention.weights, SoftAttention.project, HardAttention.forward,
-             HardAttention.attend, expected_context, fastcpu.attention_scores)
+             HardAttention.attend, expected_context, blocked_scores)
 
 
 def _step_variants(att: SoftAttention, a: Tensor, h: Tensor) -> dict[str, tuple]:
