@@ -111,11 +111,16 @@ def finished_run(profile: Profile, attention: str = "soft") -> Path | None:
     return best if current and ckpt.get("finished") else None
 
 
+def warm_start_path(soft_dir: str | Path, epoch: int) -> Path:
+    """Where a soft run keeps its state after ``epoch`` epochs for hard attention to start."""
+    return Path(soft_dir) / f"epoch-{epoch}.pt"
+
+
 def warm_start_state(soft_dir: Path, epoch: int, config: dict, dataset_dir: str | Path,
                      vocab: Vocab) -> dict:
-    """The soft run's state after ``epoch`` epochs (epoch-<K>.pt), where a hard run starts;
-    checked to come from ``config`` (the soft run's) and this build of the data."""
-    path = soft_dir / f"epoch-{epoch}.pt"
+    """The soft run's state after ``epoch`` epochs (:func:`warm_start_path`), where a hard run
+    starts; checked to come from ``config`` (the soft run's) and this build of the data."""
+    path = warm_start_path(soft_dir, epoch)
     if not path.exists():
         raise FileNotFoundError(
             f"The soft run in {soft_dir} ended before epoch {epoch} (early stopping?), so there "

@@ -34,14 +34,8 @@ from .decoder import AttentionDecoder
 from .encoder import Encoder
 from .features import FeatureDataset, ensure_features
 from .images import annotation_vectors
-from .metrics import (
-    CocoToolkitMissing,
-    bleu_scores,
-    coco_scores,
-    pointing_game,
-    pointing_summary,
-    scale_objects,
-)
+from .metrics import CocoToolkitMissing, bleu_scores, coco_scores
+from .pointing import pointing_game, pointing_summary, scale_objects
 from .search import Caption, beam_search, greedy_search
 
 POINTING_NAMES = {"pointing_phrase": "pointing_noun_phrase",
@@ -50,7 +44,7 @@ POINTING_NAMES = {"pointing_phrase": "pointing_noun_phrase",
                   "pointing_size": "pointing_size_word",
                   "baseline_centre": "pointing_baseline_centre",
                   "baseline_uniform": "pointing_baseline_uniform"}
-"""``metrics.pointing_summary`` keys renamed for the metrics dict (the others keep theirs)."""
+"""``pointing.pointing_summary`` keys renamed for the metrics dict (the others keep theirs)."""
 TABLE_COLUMNS = ["id", "hypothesis", "bleu1", "bleu4", "named_objects", "phrase_hits",
                  "shape_hits"]
 """The columns worth printing (the table also has references, log_prob, objects, caption)."""

@@ -8,11 +8,10 @@ gather's backward, cuBLAS reductions) add in a varying order, so a resumed run e
 uninterrupted one up to floating-point order, unless ``profile.deterministic`` is set
 (``runtime.use_deterministic``: slower, and exact there too).
 
-The same code runs under ``torchrun --nproc_per_node N`` (:mod:`runtime`):
-DistributedDataParallel over one module that holds the decoder and, when fine-tuning, the
-encoder (:class:`CaptionModel`, so both are averaged); a DistributedSampler that gives rank
-r every N-th sample of the global order (so one step sees the same B samples as one
-process at batch B); rank-0 validation, logging and checkpointing.
+The same code runs under ``torchrun --nproc_per_node N`` (:mod:`runtime`): DDP over one
+module that holds the decoder and, when fine-tuning, the encoder (:class:`CaptionModel`, so
+both are averaged); a DistributedSampler that gives rank r every N-th sample of the global
+order (one step sees the B samples of one process at batch B); rank-0 validation and files.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from .checkpoint import (  # noqa: F401 - NOT_TRAINING, training_fields re-expor
     set_aside,
     training_config,
     training_fields,
+    warm_start_path,
     warm_start_state,
 )
 from .config import Profile
@@ -267,7 +267,7 @@ def save_run(trainer: Trainer, improved: bool) -> None:
     if improved:
         save_atomic(state, t.out_dir / "best.pt")
     if t.attention == "soft" and t.epoch == t.profile.hard_warm_start:
-        save_atomic(state, t.out_dir / f"epoch-{t.epoch}.pt")  # where hard attention starts
+        save_atomic(state, warm_start_path(t.out_dir, t.epoch))  # hard attention starts here
     tmp = t.out_dir / ".log.csv.tmp"
     t.log_frame().to_csv(tmp, index=False)
     os.replace(tmp, t.out_dir / "log.csv")
@@ -380,7 +380,7 @@ def start_from_soft(trainer: Trainer, soft_dir: str | Path | None = None) -> Non
     first when its epoch-<K>.pt is missing. The best hard model is chosen among hard epochs."""
     t, k, one = trainer, trainer.profile.hard_warm_start, trainer.one_per_image
     soft_dir = Path(soft_dir) if soft_dir is not None else run_dir(t.profile, "soft")
-    if not (soft_dir / f"epoch-{k}.pt").exists():
+    if not warm_start_path(soft_dir, k).exists():
         train(t.profile, "soft", out_dir=soft_dir, device=str(t.device), one_per_image=one)
     ckpt = warm_start_state(soft_dir, k, training_config(t.profile, "soft", one),
                             t.data.dataset_dir, t.vocab)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .captions import DatasetError
 from .images import annotation_vectors, image_tensor, model_view, open_image, to_rgb
-from .metrics import upsample_attention
+from .pointing import upsample_attention
 from .search import Caption, beam_search
 
 

@@ -17,7 +17,7 @@ from sat_helpers.check import ExerciseError
 from sat_helpers.data import Vocab, encode_caption
 from sat_helpers.decoder import DecoderState, lstm_update
 from sat_helpers.hard import attention_entropy, reinforce_surrogate
-from sat_helpers.metrics import pointing_hit
+from sat_helpers.pointing import pointing_hit
 from sat_helpers.train import caption_loss
 
 
@@ -480,7 +480,7 @@ def test_hit(capsys):
     fails(check.hit, lambda m, mask: float(m[mask].sum() / m.sum()), "attention mass")
     fails(check.hit, lambda m, mask: float(mask.flat[m.argmax()]), "three tied peaks",
           "tied maxima")
-    cheats(check.hit, pointing_hit, "sat_helpers.metrics.pointing_hit", "numpy comparisons")
+    cheats(check.hit, pointing_hit, "sat_helpers.pointing.pointing_hit", "numpy comparisons")
 
 
 # -------------------------------------------------------------- 07

@@ -1,9 +1,12 @@
-"""Metrics: BLEU equals the COCO toolkit's and a hand count; the pointing game scores maps."""
+"""Metrics: BLEU equals the COCO toolkit's and a hand count; the toolkit's scores."""
 
 import math
 import os
 import shutil
+import subprocess
 import sys
+import threading
+from subprocess import PIPE
 
 import numpy as np
 import pytest
@@ -13,12 +16,7 @@ from sat_helpers.metrics import (
     CocoToolkitMissing,
     bleu_scores,
     coco_scores,
-    pointing_game,
-    pointing_summary,
 )
-
-GRID, SIZE = 14, 224
-CELL = SIZE // GRID
 
 
 def synthetic_corpus(seed: int, n: int = 40, cut: int = 0) -> tuple[list, list]:
@@ -130,6 +128,36 @@ def test_a_failing_tokeniser_still_shows_its_error(capfd):
     assert "could not find the jar" in capfd.readouterr().err
 
 
+def test_meteor_starts_once_a_session_and_a_failed_one_is_not_kept(monkeypatch):
+    needs_toolkit()
+    started = []
+
+    class FakeMeteor:  # stands in for the Java process: counts its starts
+        def __init__(self):
+            self.lock, self.meteor_p = threading.Lock(), subprocess.Popen(["cat"], stdin=PIPE)
+            started.append(self)
+
+        def compute_score(self, gts, res):
+            if len(gts) == 1:
+                raise RuntimeError("METEOR's Java process died")
+            return 0.25, []
+
+    kit = metrics._coco_toolkit()
+    monkeypatch.setattr(metrics, "_coco_toolkit", lambda: {**kit, "Meteor": FakeMeteor})
+    metrics.meteor_scorer.cache_clear()
+    refs, hyps = coco_corpus()
+    hyps[1] = ["a"]
+    assert coco_scores(refs, hyps)["METEOR"] == coco_scores(refs, hyps)["METEOR"] == 0.25
+    assert len(started) == 1 and started[0].meteor_p.poll() is None  # one process, still open
+    with pytest.raises(RuntimeError, match="died"):
+        coco_scores(refs[:1], hyps[:1])
+    assert started[0].meteor_p.poll() is not None  # closed, and the next call starts another
+    coco_scores(refs, hyps)
+    assert len(started) == 2
+    metrics._close_meteor(started[1])
+    metrics.meteor_scorer.cache_clear()
+
+
 @pytest.mark.skipif(not os.environ.get("SAT_TEST_METEOR"),
                     reason="METEOR's Java start costs minutes of CPU; set SAT_TEST_METEOR=1")
 def test_coco_scores_with_meteor():
@@ -140,6 +168,7 @@ def test_coco_scores_with_meteor():
     assert set(scores) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
     check_coco(scores, refs, hyps)
     assert 0 < scores["METEOR"] < 1
+    assert coco_scores(refs, hyps)["METEOR"] == scores["METEOR"]  # the same process, reused
 
 
 def test_missing_pycocoevalcap_says_how_to_install(monkeypatch):
@@ -155,120 +184,6 @@ def test_missing_java_says_install_a_jre(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(CocoToolkitMissing, match="Java runtime"):
         coco_scores([["a red circle".split()]], ["a red circle".split()])
-
-
-# ------------------------------------------------------------------------ pointing game
-
-
-def peak_at(x: float, y: float, n_words: int = 1) -> np.ndarray:
-    """(n_words, P) maps, each peaked on the grid cell holding pixel (x, y)."""
-    alpha = np.full(GRID * GRID, 0.1 / (GRID * GRID - 1))
-    alpha[int(y) // CELL * GRID + int(x) // CELL] = 0.9
-    return np.tile(alpha, (n_words, 1))
-
-
-def obj(shape: str, colour: str, size: str, box: list) -> dict:
-    return {"shape": shape, "colour": colour, "size": size, "box": box}
-
-
-RED_CIRCLE = obj("circle", "red", "large", [16, 16, 96, 96])
-BLUE_CIRCLE = obj("circle", "blue", "small", [150, 150, 190, 190])
-
-
-def named(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["status"] == "named"]
-
-
-def test_peak_inside_the_box_hits_and_outside_misses():
-    words = "a large red circle".split()
-    hit = named(pointing_game(peak_at(56, 56, 4), words, [RED_CIRCLE], GRID, SIZE))
-    miss = named(pointing_game(peak_at(170, 56, 4), words, [RED_CIRCLE], GRID, SIZE))
-    assert len(hit) == len(miss) == 1
-    assert hit[0]["hit_phrase"] == hit[0]["hit_shape"] == hit[0]["hit_colour"] == 1.0
-    assert miss[0]["hit_phrase"] == miss[0]["hit_shape"] == miss[0]["hit_size"] == 0.0
-    assert hit[0]["mass_phrase"] > 0.9 > 0.1 > miss[0]["mass_phrase"]
-
-
-def test_phrase_and_shape_word_are_scored_apart():
-    words = "a red circle".split()
-    alphas = np.concatenate([peak_at(200, 200), peak_at(56, 56), peak_at(200, 10)])
-    alphas[1] *= 3  # the colour word carries the phrase, as after doubly stochastic training
-    (rec,) = named(pointing_game(alphas, words, [RED_CIRCLE], GRID, SIZE))
-    assert rec["phrase"] == "red circle"
-    assert (rec["hit_phrase"], rec["hit_colour"], rec["hit_shape"]) == (1.0, 1.0, 0.0)
-    assert np.isnan(rec["hit_size"])
-
-
-def test_uniform_maps_score_the_documented_baselines():
-    words = "a red circle and a small blue circle".split()
-    uniform = np.full((len(words) + 1, GRID * GRID), 1 / GRID**2)  # + the <end> row
-    records = named(pointing_game(uniform, words, [RED_CIRCLE, BLUE_CIRCLE], GRID, SIZE))
-    assert len(records) == 2
-    for rec in records:
-        x0, y0, x1, y1 = [RED_CIRCLE, BLUE_CIRCLE][rec["objects"][0]]["box"]
-        share = (x1 - x0) * (y1 - y0) / SIZE**2
-        assert rec["baseline_uniform"] == pytest.approx(share)
-        assert rec["hit_phrase"] == pytest.approx(share, abs=1e-9)
-        assert rec["mass_phrase"] == pytest.approx(share, abs=1e-9)
-    summary = pointing_summary(records)
-    assert summary["pointing_phrase"] == pytest.approx(summary["baseline_uniform"])
-    assert summary["baseline_centre"] == 0.0  # neither box holds the centre
-
-
-def test_centre_baseline():
-    middle = obj("star", "green", "large", [90, 90, 140, 140])
-    (rec,) = named(pointing_game(peak_at(0, 0, 2), ["green", "star"], [middle], GRID, SIZE))
-    assert rec["baseline_centre"] == 1.0 and rec["hit_phrase"] == 0.0
-
-
-def test_words_naming_no_object_are_left_out_and_counted():
-    words = "a red circle and a green star and a yellow circle".split()
-    records = pointing_game(peak_at(56, 56, len(words)), words, [RED_CIRCLE, BLUE_CIRCLE],
-                            GRID, SIZE)
-    assert [r["phrase"] for r in named(records)] == ["red circle"]
-    summary = pointing_summary(records)
-    assert summary["named_objects"] == 1 and summary["pointing_phrase"] == 1.0
-    assert summary["unmatched_words"] == 2  # the star, and the circle that is not yellow
-    assert summary["unnamed_objects"] == 1  # the blue circle
-
-
-def test_synonyms_and_plurals_name_objects():
-    box = obj("square", "purple", "large", [16, 16, 96, 96])
-    records = named(pointing_game(peak_at(56, 56, 4), "a big purple box".split(), [box],
-                                  GRID, SIZE))
-    assert len(records) == 1 and records[0]["hit_phrase"] == 1.0
-    assert records[0]["phrase"] == "big purple box"
-    words = "two circles".split()
-    (both,) = named(pointing_game(peak_at(170, 170, 2), words, [RED_CIRCLE, BLUE_CIRCLE],
-                                  GRID, SIZE))
-    assert both["objects"] == (0, 1) and both["hit_shape"] == 1.0
-
-
-@pytest.mark.parametrize("colour,target", [("red", 0), ("blue", 1)])
-def test_colour_picks_one_of_two_circles(colour, target):
-    words = ["a", colour, "circle"]
-    (rec,) = named(pointing_game(peak_at(56, 56, 3), words, [RED_CIRCLE, BLUE_CIRCLE], GRID, SIZE))
-    assert rec["objects"] == (target,)
-    assert rec["hit_phrase"] == (1.0 if colour == "red" else 0.0)
-
-
-def test_unique_phrase_claims_first():
-    words = "a circle above a small circle".split()
-    records = named(pointing_game(peak_at(56, 56, 6), words, [RED_CIRCLE, BLUE_CIRCLE],
-                                  GRID, SIZE))
-    assert [r["objects"] for r in records] == [(0,), (1,)]
-
-
-def test_bad_alphas_shape_is_explained():
-    with pytest.raises(ValueError, match="grid=7"):
-        pointing_game(peak_at(1, 1, 3), "a red circle".split(), [RED_CIRCLE], 7, SIZE)
-    with pytest.raises(ValueError, match="one row per word"):
-        pointing_game(peak_at(1, 1, 2), "a red circle".split(), [RED_CIRCLE], GRID, SIZE)
-
-
-def test_scale_objects_moves_boxes_to_the_prepared_image():
-    (scaled,) = metrics.scale_objects([RED_CIRCLE], 448, 112, 224)
-    assert scaled["box"] == [8, 32, 48, 192] and RED_CIRCLE["box"] == [16, 16, 96, 96]
 
 
 def test_bleu_without_the_brevity_penalty():

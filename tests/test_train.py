@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sat_helpers import train as tr
+from sat_helpers.checkpoint import warm_start_path
 from sat_helpers.config import get_profile
 from sat_helpers.decoder import DecoderOutput
 from sat_helpers.encoder import ensure_features
@@ -414,7 +415,7 @@ def test_hard_attention_continues_the_soft_run_from_its_warm_start_epoch(tiny, t
     profile = replace(tiny, hard_warm_start=2)  # 2 soft epochs, then 1 hard one: 3 in all
     soft_dir, hard_dir = tmp_path / "soft", tmp_path / "hard"
     hard_log = tr.train(profile, "hard", out_dir=hard_dir, soft_dir=soft_dir)  # trains soft first
-    start = torch.load(soft_dir / "epoch-2.pt", weights_only=True)
+    start = torch.load(warm_start_path(soft_dir, 2), weights_only=True)
     assert start["epoch"] == 2 and start["config"]["attention"] == "soft"
     assert torch.load(soft_dir / "last.pt", weights_only=True)["finished"]  # the whole soft run
     assert hard_log.epoch.tolist() == [1, 2, 3]

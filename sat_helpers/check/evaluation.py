@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 from nltk.translate import bleu_score
 
-from .. import metrics
+from .. import metrics, pointing
 from .machinery import Answer, exercise, fail
 
 _BLEU = (metrics.bleu_scores, metrics.bleu_counts, bleu_score.modified_precision,
@@ -154,18 +154,18 @@ def brevity_penalty(answer: Answer) -> int:
 
 
 def _hit(attention_map: np.ndarray, mask: np.ndarray) -> float:
-    return metrics.pointing_hit(attention_map, mask)
+    return pointing.pointing_hit(attention_map, mask)
 
 
-@exercise("hit", blocked=(metrics.pointing_hit, metrics.pointing_game), stand_in=_hit,
+@exercise("hit", blocked=(pointing.pointing_hit, pointing.pointing_game), stand_in=_hit,
           code_hint="top = attention_map == attention_map.max(); float(mask[top].mean()): the "
                     "share of the tied maxima inside the mask.",
           write_from="numpy comparisons of the map with its maximum, and the mask")
 def hit(answer: Answer) -> int:
-    """fn(attention_map (H, W), mask (H, W)) -> 1.0 hit, 0.0 miss, as ``metrics.pointing_hit``."""
+    """fn(attention_map (H, W), mask (H, W)) -> 1.0 hit, 0.0 miss, as ``pointing.pointing_hit``."""
     name = "hit"
     rng = np.random.default_rng(5)
-    mask = metrics.box_mask([[1, 1, 4, 3]], (5, 6))
+    mask = pointing.box_mask([[1, 1, 4, 3]], (5, 6))
     inside, outside = rng.random((5, 6)), rng.random((5, 6))
     inside[2, 2], outside[4, 5] = 2.0, 2.0  # each map's peak
     plateau = np.zeros((5, 6))
@@ -173,7 +173,7 @@ def hit(answer: Answer) -> int:
     cases = [("its peak inside the box", inside), ("its peak outside the box", outside),
              ("three tied peaks, one inside", plateau)]
     for label, attention_map in cases:
-        want = metrics.pointing_hit(attention_map, mask)
+        want = pointing.pointing_hit(attention_map, mask)
         inputs = f"a (5, 6) map with {label}"
         got = answer(attention_map.copy(), mask.copy(), inputs=inputs)
         try:
@@ -182,7 +182,7 @@ def hit(answer: Answer) -> int:
             fail(name, f"returned {got!r}, expected a number ({inputs}).", "return a float.")
         if not math.isclose(got, want, abs_tol=1e-6):
             concept = "a hit is the map's maximum falling inside the box."
-            if math.isclose(got, metrics.mass_in_box(attention_map, mask), abs_tol=1e-6):
+            if math.isclose(got, pointing.mass_in_box(attention_map, mask), abs_tol=1e-6):
                 concept = ("that is the attention mass inside the box; the pointing game asks "
                            "only where the maximum is.")
             elif "tied" in label:
