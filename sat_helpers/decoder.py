@@ -74,10 +74,10 @@ class Prefixes(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, None]:
-        if all(g is None for g in grads):
+        some = next((g for g in grads if g is not None), None)
+        if some is None:
             return None, None
-        live = [g for g in grads if g is not None]
-        total = grads[0].clone() if grads[0] is not None else live[0].new_zeros(ctx.shape)
+        total = grads[0].clone() if grads[0] is not None else some.new_zeros(ctx.shape)
         for g in grads[1:]:
             if g is not None:
                 total[: len(g)] += g

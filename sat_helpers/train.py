@@ -290,8 +290,8 @@ def run_state(trainer: Trainer, rng: list[dict]) -> dict:
     }
 
 
-def restore_state(trainer: Trainer, ckpt: dict) -> None:
-    """Put a run saved by :func:`run_state` back into ``trainer``, RNG states included."""
+def restore_state(trainer: Trainer, ckpt: dict, rng: bool = True) -> None:
+    """Put a run saved by :func:`run_state` back into ``trainer``; its RNG states if ``rng``."""
     t = trainer
     t.model.load_state_dict(ckpt["model"])
     if t.encoder is not None:
@@ -304,8 +304,9 @@ def restore_state(trainer: Trainer, ckpt: dict) -> None:
     t.epoch, t.finished, t.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
     t.best_bleu4, t.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
     t.train_seconds = ckpt["train_seconds"]
-    rng = ckpt["rng"]
-    set_rng_state(rng[t.rank] if len(rng) == t.world else rng[0])
+    if rng:
+        states = ckpt["rng"]
+        set_rng_state(states[t.rank] if len(states) == t.world else states[0])
 
 
 @torch.no_grad()
@@ -384,9 +385,8 @@ def start_from_soft(trainer: Trainer, soft_dir: str | Path | None = None) -> Non
         train(t.profile, "soft", out_dir=soft_dir, device=str(t.device), one_per_image=one)
     ckpt = warm_start_state(soft_dir, k, training_config(t.profile, "soft", one),
                             t.data.dataset_dir, t.vocab)
-    own = {"loss_state": t.loss_fn.state_dict(), "rng": all_ranks_rng_state(t.world),
-           "best_bleu4": -1.0, "bad_epochs": 0, "finished": False}  # hard attention's own
-    restore_state(t, {**ckpt, **own})
+    own = {"loss_state": t.loss_fn.state_dict(), "best_bleu4": -1.0, "bad_epochs": 0}  # hard's
+    restore_state(t, {**ckpt, **own, "finished": False}, rng=False)  # its RNG stays as it is
 
 
 def ensure_trained(profile: Profile, attention: str = "soft",
