@@ -219,12 +219,13 @@ class Trainer:
         return improved
 
     def should_stop(self) -> bool:
-        """Stop on the epoch count, early stopping, or the time budget (after the epoch)."""
-        p = self.profile
-        over_time = [self.train_seconds > 60 * p.train_minutes]
+        """Stop on the epochs, the time or early stopping (a soft run's after hard's start)."""
+        p, over_time = self.profile, [self.train_seconds > 60 * self.profile.train_minutes]
         if self.world > 1:  # ranks must agree: rank 0's clock decides
             dist.broadcast_object_list(over_time, src=0)
-        return self.epoch >= p.epochs or self.bad_epochs >= p.early_stop_patience or over_time[0]
+        warming = self.attention == "soft" and self.epoch < p.hard_warm_start
+        early = self.bad_epochs >= p.early_stop_patience and not warming
+        return self.epoch >= p.epochs or early or over_time[0]
 
     def fit(self, callback: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
         """Train until the run is finished; ``callback(log)`` after every epoch (rank 0)."""
@@ -304,9 +305,8 @@ def restore_state(trainer: Trainer, ckpt: dict, rng: bool = True) -> None:
     t.epoch, t.finished, t.log = ckpt["epoch"], ckpt["finished"], ckpt["log"]
     t.best_bleu4, t.bad_epochs = ckpt["best_bleu4"], ckpt["bad_epochs"]
     t.train_seconds = ckpt["train_seconds"]
-    if rng:
-        states = ckpt["rng"]
-        set_rng_state(states[t.rank] if len(states) == t.world else states[0])
+    if rng:  # each rank its own state, if the run had as many ranks
+        set_rng_state(ckpt["rng"][t.rank] if len(ckpt["rng"]) == t.world else ckpt["rng"][0])
 
 
 @torch.no_grad()

@@ -183,8 +183,13 @@ def test_ddp_two_processes_equal_one(tiny, tmp_path):
     one, two = model_state(tmp_path / "one" / "last.pt"), model_state(tmp_path / "two" / "last.pt")
     start = tr.Trainer(get_profile("quick", **profile), out_dir="unused",
                        device="cpu").model.state_dict()
+    # Two ranks add their gradients in another order than one process, and Adam divides by
+    # the gradients' own size, so rounding differs with the CPU's kernels: 3.8e-6 on an Intel
+    # Xeon, under 2e-6 on an AMD EPYC, where training moved each tensor by 3e-3. Ranks that
+    # do not share their gradients end about a step apart (5.8e-3): the bound is 1 % of one.
     for k, v in one.items():
-        assert torch.allclose(v, two[k], atol=2e-6), (k, (v - two[k]).abs().max())
+        moved, apart = (v - start[k]).abs().max(), (v - two[k]).abs().max()
+        assert apart <= 0.01 * moved, (k, float(apart), float(moved))
     assert any(not torch.equal(v, start[k]) for k, v in one.items())  # it did train
 
 
@@ -429,6 +434,19 @@ def test_hard_attention_continues_the_soft_run_from_its_warm_start_epoch(tiny, t
     assert steps == start["optimizer"]["state"][0]["step"] > 0  # Adam's moments carried over
     hard = model_state(hard_dir / "last.pt")
     assert not torch.equal(hard["attention.W_h.weight"], start["model"]["attention.W_h.weight"])
+
+
+def test_early_stopping_waits_for_the_epoch_hard_attention_starts_from(tiny, tmp_path,
+                                                                        monkeypatch):
+    # validation BLEU-4 never improves after epoch 1: with patience 1 the soft run would stop
+    # after epoch 2, before the epoch-3.pt the hard run needs, and the hard run would fail
+    monkeypatch.setattr(tr, "validate", lambda trainer: (1.0, 0.5))
+    profile = replace(tiny, epochs=4, hard_warm_start=3, early_stop_patience=1)
+    soft_dir = tmp_path / "soft"
+    hard_log = tr.train(profile, "hard", out_dir=tmp_path / "hard", soft_dir=soft_dir)
+    assert warm_start_path(soft_dir, 3).exists()
+    assert torch.load(soft_dir / "last.pt", weights_only=True)["epoch"] == 3  # then it stopped
+    assert hard_log.epoch.tolist() == [1, 2, 3, 4]
 
 
 def test_only_a_warm_start_makes_the_soft_run_keep_an_epoch(tiny, tmp_path):
