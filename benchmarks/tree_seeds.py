@@ -5,8 +5,9 @@ beside this tree (``git worktree add /tmp/base 0119d65``), point PYTHONPATH at i
 at a data root of its own (its code builds its own data and features), and this script trains
 X's profile's soft model for each seed, each in data_root()/experiments/tree/ (a finished run
 is scored, not retrained), and scores it as notebook 07 does: test split, greedy BLEU-4,
-noun-phrase pointing, the mean entropy of α. It calls only what every tree since 0119d65 has.
-Writes the runs, then their mean, standard deviation and worst, as markdown to ``--out``.
+noun-phrase pointing, the mean entropy of α (``baseline_start.score``). It, and what it reuses,
+call only what every tree since 0119d65 has. Writes the runs, then their mean, standard
+deviation and worst, as markdown to ``--out``.
 
     SAT_DATA=/tmp/base-data PYTHONPATH=/tmp/base OMP_NUM_THREADS=1 \
         python benchmarks/tree_seeds.py --seeds 0 1 2 --out results/tree-0119d65.md
@@ -18,12 +19,11 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
+from baseline_start import score
+from bench_search import markdown
 
 from sat_helpers import train as tr
 from sat_helpers.config import data_root, get_profile
-from sat_helpers.evaluate import evaluate
-from sat_helpers.hard import attention_entropy
 
 COLUMNS = ["test BLEU-4", "pointing (noun phrase)", "attention entropy (nats)"]
 
@@ -33,23 +33,7 @@ def run(profile_name: str, seed: int) -> dict:
     profile = get_profile(profile_name, seed=seed)
     out = data_root() / "experiments" / "tree" / f"{profile.name}-soft-s{seed}"
     log = tr.train(profile, "soft", resume=True, out_dir=out, device="cpu")
-    decoder, vocab, _ = tr.load_checkpoint(out / "best.pt")
-    table, metrics = evaluate((decoder, vocab), "test", beam_size=1, profile=profile,
-                              device="cpu", coco=False)
-    entropy = torch.cat([attention_entropy(c.alphas) for c in table["caption"]])
-    return {"seed": seed, "test BLEU-4": metrics["BLEU-4"],
-            "pointing (noun phrase)": metrics.get("pointing_noun_phrase", float("nan")),
-            "attention entropy (nats)": float(entropy.mean()),
-            "best val BLEU-4": float(log["val_bleu4"].max()), "epochs": len(log),
-            "train minutes": float(log["seconds"].sum() / 60)}
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A plain markdown table, numbers to three decimals."""
-    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-             for row in frame.itertuples(index=False)]
-    lines = [list(map(str, frame.columns)), ["---"] * len(frame.columns), *cells]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    return {"seed": seed, **score(profile, out, log)}
 
 
 def main() -> None:
@@ -62,7 +46,7 @@ def main() -> None:
     summary = pd.DataFrame({"runs": [len(runs)], **{
         f"{c} {how}": [getattr(runs[c], how)()] for c in COLUMNS
         for how in ("mean", "std", "max" if "entropy" in c else "min")}})
-    args.out.write_text(f"{markdown(runs)}\n\n{markdown(summary)}\n")
+    args.out.write_text(f"{markdown(runs, digits=3)}\n\n{markdown(summary, digits=3)}\n")
     print(args.out.read_text())
 
 
