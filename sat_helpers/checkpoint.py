@@ -123,9 +123,9 @@ def warm_start_state(soft_dir: Path, epoch: int, config: dict, dataset_dir: str 
     path = warm_start_path(soft_dir, epoch)
     if not path.exists():
         raise FileNotFoundError(
-            f"The soft run in {soft_dir} ended before epoch {epoch} (early stopping?), so there "
-            f"is no {path.name} for hard attention to start from: lower hard_warm_start, or set "
-            "it to 0 to train hard attention from scratch.")
+            f"The soft run in {soft_dir} ended before epoch {epoch} (its train_minutes ran out?), "
+            f"so there is no {path.name} for hard attention to start from: raise train_minutes, "
+            "lower hard_warm_start, or set it to 0 to train hard attention from scratch.")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not is_current(ckpt, config, dataset_dir, vocab):
         raise CheckpointError(f"{path} comes from another configuration or build of the data "
